@@ -1,0 +1,53 @@
+"""Shared fixtures. ML fixtures build tiny random models with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Test models are cached here between runs on a developer machine; CI starts empty.
+TEST_CACHE = Path(__file__).resolve().parent / "artifacts"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _cached_dir(name: str, build) -> Path:
+    path = TEST_CACHE / name
+    if not path.exists():
+        build(path)  # build() writes atomically, so a crash leaves no half directory
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The SmolLM2 tokenizer (chat template, pad token distinct from EOS)."""
+    from transformers import AutoTokenizer
+
+    from training.ml.checkpoints import atomic_directory, load_gguf_tokenizer, smollm2_gguf_path
+
+    def build(path):
+        tokenizer = load_gguf_tokenizer(smollm2_gguf_path())
+        with atomic_directory(path) as tmp:
+            tokenizer.save_pretrained(tmp)
+
+    return AutoTokenizer.from_pretrained(_cached_dir("smollm2-tokenizer", build))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(smollm2_tokenizer) -> Path:
+    """Directory of a two-layer random Llama with the SmolLM2 tokenizer (read-only: copy to change)."""
+    from training.ml.checkpoints import build_tiny_checkpoint
+
+    return _cached_dir("tiny-llama-v1", lambda p: build_tiny_checkpoint(smollm2_tokenizer, p))
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint() -> Path:
+    """The real SmolLM2-135M-Instruct converted from GGUF (~18 s the first time). For slow tests."""
+    from training.ml.checkpoints import convert_gguf_checkpoint, smollm2_gguf_path
+
+    return _cached_dir("smollm2-135m-instruct", lambda p: convert_gguf_checkpoint(smollm2_gguf_path(), p))
