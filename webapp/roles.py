@@ -1,0 +1,58 @@
+"""The three roles (Django groups) and the decorators that guard views with them.
+
+An ``admin`` runs projects and training, a ``researcher`` reads and exports data,
+an ``annotator`` ranks responses. Superusers count as admins.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+
+ANNOTATOR = "annotator"
+ADMIN = "admin"
+RESEARCHER = "researcher"
+ROLES = (ANNOTATOR, ADMIN, RESEARCHER)
+
+
+def roles_of(user) -> set[str]:
+    if not user.is_authenticated or not user.is_active:
+        return set()
+    cached = getattr(user, "_tandem_roles", None)
+    if cached is None:
+        cached = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
+        if user.is_superuser:
+            cached.add(ADMIN)
+        user._tandem_roles = cached
+    return cached
+
+
+def has_role(user, *roles: str) -> bool:
+    return bool(roles_of(user) & set(roles))
+
+
+def role_required(*roles: str):
+    """Login required, then 403 unless the user holds one of ``roles``."""
+
+    def decorator(view):
+        @wraps(view)
+        @login_required
+        def wrapped(request, *args, **kwargs):
+            if not has_role(request.user, *roles):
+                raise PermissionDenied
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def roles_context(request):
+    roles = roles_of(request.user) if hasattr(request, "user") else set()
+    return {
+        "is_admin": ADMIN in roles,
+        "is_researcher": RESEARCHER in roles,
+        "is_annotator": ANNOTATOR in roles,
+    }
