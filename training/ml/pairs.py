@@ -87,11 +87,15 @@ class PairOptions:
     )
     min_gold_accuracy: float | None = field(
         default=None,
-        metadata={"help": "Drop every judgment of annotators whose share of passed gold items is below this."},
+        metadata={
+            "help": "Drop every judgment of annotators whose share of passed gold items is below this."
+        },
     )
     min_gold_judgments: int = field(
         default=1,
-        metadata={"help": "Annotators with fewer gold judgments than this are not judged by min_gold_accuracy."},
+        metadata={
+            "help": "Annotators with fewer gold judgments than this are not judged by min_gold_accuracy."
+        },
     )
     min_agreement: float | None = field(
         default=None,
@@ -99,7 +103,9 @@ class PairOptions:
     )
     weighting: Literal["per_pair", "per_ranking"] = field(
         default="per_pair",
-        metadata={"help": "Loss-weighting convention written into each pair's `weight` (see module docstring)."},
+        metadata={
+            "help": "Loss-weighting convention written into each pair's `weight` (see module docstring)."
+        },
     )
 
     def __post_init__(self):
@@ -408,7 +414,9 @@ def _prompt_order_key(prompt_id: Any, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{prompt_id}".encode()).hexdigest()
 
 
-def split_by_prompt(rows: Sequence[dict], eval_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def split_by_prompt(
+    rows: Sequence[dict], eval_fraction: float, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
     """(train, eval) rows with no prompt in both, deterministic for a given seed.
 
     Prompts are ordered by sha256(seed, prompt_id) and the first
