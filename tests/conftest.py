@@ -51,3 +51,50 @@ def smollm2_checkpoint() -> Path:
     from training.ml.checkpoints import convert_gguf_checkpoint, smollm2_gguf_path
 
     return _cached_dir("smollm2-135m-instruct", lambda p: convert_gguf_checkpoint(smollm2_gguf_path(), p))
+
+
+# --- The cast: one user per role, plus an outsider with none -----------------
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+def _make_user(username: str, role: str | None):
+    from django.contrib.auth import get_user_model
+
+    from webapp.roles import create_user_with_role
+
+    if role is None:
+        return get_user_model().objects.create_user(username=username, password=PASSWORD)
+    return create_user_with_role(username=username, password=PASSWORD, role=role)
+
+
+@pytest.fixture
+def annotator(db):
+    return _make_user("alice", "annotator")
+
+
+@pytest.fixture
+def other_annotator(db):
+    return _make_user("bob", "annotator")
+
+
+@pytest.fixture
+def admin_user(db):
+    return _make_user("ada", "admin")
+
+
+@pytest.fixture
+def researcher(db):
+    return _make_user("rosalind", "researcher")
+
+
+@pytest.fixture
+def outsider(db):
+    return _make_user("mallory", None)
+
+
+@pytest.fixture
+def project(db):
+    from annotation.models import Project
+
+    return Project.objects.create(name="Helpful assistant", guidelines="Prefer the **more helpful** answer.")

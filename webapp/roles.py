@@ -56,3 +56,19 @@ def roles_context(request):
         "is_researcher": RESEARCHER in roles,
         "is_annotator": ANNOTATOR in roles,
     }
+
+
+def create_user_with_role(*, username: str, password: str, role: str, email: str = ""):
+    """Create (or update) a user holding ``role``; admins also get the Django admin."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    if role not in ROLES:
+        raise ValueError(f"Unknown role {role!r}; choose one of {', '.join(ROLES)}.")
+    user_model = get_user_model()
+    user, _ = user_model.objects.get_or_create(username=username, defaults={"email": email})
+    user.set_password(password)
+    user.is_staff = user.is_superuser = role == ADMIN
+    user.save()
+    user.groups.add(Group.objects.get_or_create(name=role)[0])
+    return user
