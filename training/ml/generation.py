@@ -49,19 +49,27 @@ class SamplingParams:
 
     temperature: float = field(
         default=0.7,
-        metadata={"help": "Softmax temperature (> 0) applied to the logits when sampling; ignored when greedy."},
+        metadata={
+            "help": "Softmax temperature (> 0) applied to the logits when sampling; ignored when greedy."
+        },
     )
     top_p: float = field(
         default=0.9,
-        metadata={"help": "Nucleus sampling: keep the smallest set of tokens whose probability sums to top_p (0, 1]."},
+        metadata={
+            "help": "Nucleus sampling: keep the smallest set of tokens whose probability sums to top_p (0, 1]."
+        },
     )
     max_new_tokens: int = field(
         default=256,
-        metadata={"help": "Hard cap on response length in tokens; a response cut here has finish_reason 'length'."},
+        metadata={
+            "help": "Hard cap on response length in tokens; a response cut here has finish_reason 'length'."
+        },
     )
     seed: int = field(
         default=0,
-        metadata={"help": "Round-level seed, mixed with each request's own seed to seed that request's stream."},
+        metadata={
+            "help": "Round-level seed, mixed with each request's own seed to seed that request's stream."
+        },
     )
     do_sample: bool = field(
         default=True,
@@ -72,7 +80,9 @@ class SamplingParams:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
         if self.do_sample and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling (got {self.temperature}); use do_sample=False.")
+            raise ValueError(
+                f"temperature must be > 0 when sampling (got {self.temperature}); use do_sample=False."
+            )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
 
@@ -152,7 +162,9 @@ def load_model(
     if tokenizer.pad_token_id >= model.get_input_embeddings().num_embeddings:  # pragma: no cover
         model.resize_token_embeddings(len(tokenizer))
     eos = model.generation_config.eos_token_id
-    eos_ids = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids = {tokenizer.eos_token_id} | set(
+        eos if isinstance(eos, list) else [eos] if eos is not None else []
+    )
     eos_ids.discard(None)
     model.to(device)
     model.eval()
@@ -174,7 +186,9 @@ def encode_prompts(tokenizer, conversations: Sequence[list[dict[str, str]]]) -> 
 
 def _prompt_text(tokenizer, conversation: list[dict[str, str]]) -> str:
     if not tokenizer.chat_template:
-        raise GenerationError("The tokenizer has no chat template, so conversations cannot be turned into prompts.")
+        raise GenerationError(
+            "The tokenizer has no chat template, so conversations cannot be turned into prompts."
+        )
     return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
 
@@ -284,7 +298,9 @@ def _validate(requests: Sequence[dict]) -> None:
         seen.add(request["key"])
         conversation = request["conversation"]
         if not conversation or not all({"role", "content"} <= m.keys() for m in conversation):
-            raise ValueError(f"Request {request['key']!r}: conversation must be a non-empty list of {{role, content}}.")
+            raise ValueError(
+                f"Request {request['key']!r}: conversation must be a non-empty list of {{role, content}}."
+            )
 
 
 def generate_responses(
