@@ -20,18 +20,28 @@ class Project(models.Model):
     description = models.TextField(blank=True)
     guidelines = models.TextField(blank=True, help_text="Markdown, shown to annotators one key away.")
     comparison_mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.PAIRWISE)
-    k = models.PositiveSmallIntegerField(default=2, help_text="Responses per comparison (2 for pairwise, 3-6 K-wise).")
+    k = models.PositiveSmallIntegerField(
+        default=2, help_text="Responses per comparison (2 for pairwise, 3-6 K-wise)."
+    )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Judgments wanted per comparison.")
     scale = models.CharField(max_length=16, choices=Scale.choices, default=Scale.LIKERT4)
     allow_tie = models.BooleanField(default=True)
     allow_both_bad = models.BooleanField(default=True)
     rationale_required = models.BooleanField(default=False)
-    criteria = models.JSONField(default=list, blank=True, help_text='Optional per-criterion ratings, e.g. ["helpfulness", "harmlessness"].')
+    criteria = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Optional per-criterion ratings, e.g. ["helpfulness", "harmlessness"].',
+    )
     lease_minutes = models.PositiveSmallIntegerField(default=10)
     gold_rate = models.FloatField(default=0.0, help_text="Share of handed-out items that are gold (0-1).")
-    max_open_leases = models.PositiveSmallIntegerField(default=1, help_text="Open items an annotator may hold at once.")
+    max_open_leases = models.PositiveSmallIntegerField(
+        default=1, help_text="Open items an annotator may hold at once."
+    )
     open_to_all_annotators = models.BooleanField(default=True)
-    annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="assigned_projects")
+    annotators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="assigned_projects"
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -43,7 +53,9 @@ class Project(models.Model):
                 condition=~Q(comparison_mode="pairwise") | Q(k=2), name="project_pairwise_means_k_2"
             ),
             models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
-            models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="project_gold_rate_share"),
+            models.CheckConstraint(
+                condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="project_gold_rate_share"
+            ),
             models.CheckConstraint(condition=Q(lease_minutes__gte=1), name="project_lease_minutes_positive"),
         ]
 
@@ -57,7 +69,9 @@ class Prompt(models.Model):
         EVAL = "eval", "Evaluation"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
-    conversation = models.JSONField(help_text="List of {role, content}; a single-turn prompt is one user message.")
+    conversation = models.JSONField(
+        help_text="List of {role, content}; a single-turn prompt is one user message."
+    )
     source = models.CharField(max_length=200, default="upload")
     split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
     tags = models.JSONField(default=list, blank=True)
@@ -100,7 +114,9 @@ class Round(models.Model):
 
     class Meta:
         ordering = ["project", "-number"]
-        constraints = [models.UniqueConstraint(fields=["project", "number"], name="round_number_unique_per_project")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="round_number_unique_per_project")
+        ]
 
     def __str__(self) -> str:
         return f"{self.project} · round {self.number}"
@@ -113,7 +129,9 @@ class Response(models.Model):
         IMPORTED = "imported", "Imported"
 
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
-    round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.CASCADE, related_name="responses")
+    round = models.ForeignKey(
+        Round, null=True, blank=True, on_delete=models.CASCADE, related_name="responses"
+    )
     checkpoint = models.ForeignKey(
         "training.Checkpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="responses"
     )
@@ -140,21 +158,29 @@ class Response(models.Model):
 
 
 class Comparison(models.Model):
-    round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.CASCADE, related_name="comparisons")
+    round = models.ForeignKey(
+        Round, null=True, blank=True, on_delete=models.CASCADE, related_name="comparisons"
+    )
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
     responses = models.ManyToManyField(Response, through="ComparisonItem", related_name="comparisons")
-    source = models.CharField(max_length=200, default="generated", help_text='"generated" or "imported:<name>".')
+    source = models.CharField(
+        max_length=200, default="generated", help_text='"generated" or "imported:<name>".'
+    )
     is_gold = models.BooleanField(default=False)
     gold_ranking = models.JSONField(
         null=True, blank=True, help_text="Expected answer for gold items: groups of response ids, best first."
     )
-    judgment_count = models.PositiveIntegerField(default=0, help_text="Denormalised; kept by judgment_submit.")
+    judgment_count = models.PositiveIntegerField(
+        default=0, help_text="Denormalised; kept by judgment_submit."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.CheckConstraint(condition=~Q(is_gold=True) | Q(gold_ranking__isnull=False), name="gold_has_answer"),
+            models.CheckConstraint(
+                condition=~Q(is_gold=True) | Q(gold_ranking__isnull=False), name="gold_has_answer"
+            ),
         ]
         # "Next comparison" scans a round's items that still want judgments.
         indexes = [models.Index(fields=["round", "judgment_count"], name="comparison_round_open")]
@@ -174,9 +200,16 @@ class ComparisonItem(models.Model):
     class Meta:
         ordering = ["comparison", "position"]
         constraints = [
-            models.UniqueConstraint(fields=["comparison", "position"], name="comparison_item_position_unique"),
-            models.UniqueConstraint(fields=["comparison", "response"], name="comparison_item_response_unique"),
+            models.UniqueConstraint(
+                fields=["comparison", "position"], name="comparison_item_position_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["comparison", "response"], name="comparison_item_response_unique"
+            ),
         ]
+
+    def __str__(self) -> str:
+        return f"Response {self.response_id} at position {self.position} of comparison {self.comparison_id}"
 
 
 class Lease(models.Model):
@@ -194,7 +227,9 @@ class Lease(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["comparison", "annotator"], name="lease_one_per_comparison_annotator")
+            models.UniqueConstraint(
+                fields=["comparison", "annotator"], name="lease_one_per_comparison_annotator"
+            )
         ]
         indexes = [
             # Counting live leases of a comparison when handing out work.
@@ -202,6 +237,9 @@ class Lease(models.Model):
             # An annotator's open leases (resume, cap on open leases).
             models.Index(fields=["annotator", "expires_at"], name="lease_annotator_expiry"),
         ]
+
+    def __str__(self) -> str:
+        return f"Lease of comparison {self.comparison_id} to user {self.annotator_id} until {self.expires_at:%H:%M}"
 
 
 class Judgment(models.Model):
@@ -211,11 +249,19 @@ class Judgment(models.Model):
 
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
     annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="judgments",
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="judgments",
         help_text="Empty for imported preference data.",
     )
-    source = models.CharField(max_length=200, default="human", help_text='"human", "simulated" or "imported:<name>".')
-    ranking = models.JSONField(help_text="Groups of response ids, best first; a group of two or more is a tie.")
+    source = models.CharField(
+        max_length=200, default="human", help_text='"human", "simulated" or "imported:<name>".'
+    )
+    ranking = models.JSONField(
+        help_text="Groups of response ids, best first; a group of two or more is a tie."
+    )
     strength = models.CharField(max_length=8, choices=Strength.choices, null=True, blank=True)
     is_tie = models.BooleanField(default=False)
     both_bad = models.BooleanField(default=False)
@@ -223,14 +269,18 @@ class Judgment(models.Model):
     criteria = models.JSONField(default=dict, blank=True)
     order_shown = models.JSONField(default=list, blank=True, help_text="Response ids left to right as shown.")
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
-    client_id = models.UUIDField(null=True, blank=True, unique=True, help_text="Makes a retried submit idempotent.")
+    client_id = models.UUIDField(
+        null=True, blank=True, unique=True, help_text="Makes a retried submit idempotent."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["comparison", "annotator"], name="judgment_one_per_comparison_annotator"),
+            models.UniqueConstraint(
+                fields=["comparison", "annotator"], name="judgment_one_per_comparison_annotator"
+            ),
             models.CheckConstraint(
                 condition=Q(annotator__isnull=False) | Q(source__startswith="imported"),
                 name="judgment_annotator_unless_imported",
@@ -254,7 +304,14 @@ class Skip(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["comparison", "annotator"], name="skip_one_per_comparison_annotator")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["comparison", "annotator"], name="skip_one_per_comparison_annotator"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Skip of comparison {self.comparison_id} by user {self.annotator_id}"
 
 
 class Report(models.Model):
@@ -269,11 +326,16 @@ class Report(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    def __str__(self) -> str:
+        return f"Report on comparison {self.comparison_id}: {self.reason[:40]}"
+
 
 class AnnotatorProfile(models.Model):
     """Per-annotator settings that admins manage."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="annotator_profile")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="annotator_profile"
+    )
     excluded_from_snapshots = models.BooleanField(
         default=False, help_text="Leave this annotator's judgments out of future preference snapshots."
     )

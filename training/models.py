@@ -20,8 +20,12 @@ class Checkpoint(models.Model):
 
     project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="checkpoints")
     version = models.PositiveIntegerField()
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
-    uri = models.CharField(max_length=1000, help_text="A save_pretrained directory (or a hub id where reachable).")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    uri = models.CharField(
+        max_length=1000, help_text="A save_pretrained directory (or a hub id where reachable)."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.RUN)
     produced_by = models.ForeignKey(
@@ -38,7 +42,9 @@ class Checkpoint(models.Model):
     class Meta:
         ordering = ["project", "-version"]
         constraints = [
-            models.UniqueConstraint(fields=["project", "version"], name="checkpoint_version_unique_per_project")
+            models.UniqueConstraint(
+                fields=["project", "version"], name="checkpoint_version_unique_per_project"
+            )
         ]
 
     def __str__(self) -> str:
@@ -59,7 +65,9 @@ class PreferenceSnapshot(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["project", "sha256"], name="snapshot_unique_per_project")]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "sha256"], name="snapshot_unique_per_project")
+        ]
 
     def __str__(self) -> str:
         return f"snapshot {self.sha256[:12]} ({self.pair_count} pairs)"
@@ -92,11 +100,15 @@ class TrainingRun(models.Model):
     error = models.TextField(blank=True)
     log_tail = models.TextField(blank=True)
     celery_task_id = models.CharField(max_length=64, blank=True)
-    snapshot = models.ForeignKey(PreferenceSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="runs")
+    snapshot = models.ForeignKey(
+        PreferenceSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
+    )
     input_hash = models.CharField(max_length=64, blank=True)
     outputs = models.JSONField(default=dict, blank=True)
     cancel_requested = models.BooleanField(default=False)
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -139,20 +151,33 @@ class Metric(models.Model):
     class Meta:
         ordering = ["run", "name", "step"]
         # A resumed run may log a step again: one value per (run, name, step).
-        constraints = [models.UniqueConstraint(fields=["run", "name", "step"], name="metric_one_value_per_step")]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "name", "step"], name="metric_one_value_per_step")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.step}={self.value:.4g}"
 
 
 class RewardModel(models.Model):
     project = models.ForeignKey("annotation.Project", on_delete=models.CASCADE, related_name="reward_models")
-    run = models.OneToOneField(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="reward_model")
-    base_checkpoint = models.ForeignKey(Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    snapshot = models.ForeignKey(PreferenceSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    run = models.OneToOneField(
+        TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="reward_model"
+    )
+    base_checkpoint = models.ForeignKey(
+        Checkpoint, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    snapshot = models.ForeignKey(
+        PreferenceSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     uri = models.CharField(max_length=1000)
     accuracy = models.FloatField(null=True, blank=True, help_text="Held-out pairwise accuracy.")
     eval_loss = models.FloatField(null=True, blank=True)
     mean_margin = models.FloatField(null=True, blank=True)
     learned = models.BooleanField(default=True, help_text="False when eval loss stayed near ln 2 (chance).")
-    evaluation = models.JSONField(default=dict, blank=True, help_text="Accuracy by round and by source, and more.")
+    evaluation = models.JSONField(
+        default=dict, blank=True, help_text="Accuracy by round and by source, and more."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -20,7 +20,9 @@ DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = env_str("SECRET_KEY")
 DATABASE_URL = env_str("DATABASE_URL")
 if not DEBUG:
-    missing = [name for name, value in (("SECRET_KEY", SECRET_KEY), ("DATABASE_URL", DATABASE_URL)) if not value]
+    missing = [
+        name for name, value in (("SECRET_KEY", SECRET_KEY), ("DATABASE_URL", DATABASE_URL)) if not value
+    ]
     if missing:
         raise ImproperlyConfigured(
             f"DEBUG is off, so Tandem runs as a real deployment and needs {' and '.join(missing)} "
@@ -41,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    "webapp",
     "annotation",
     "training",
 ]
@@ -154,15 +157,19 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("TASK_SOFT_TIME_LIMIT", 6 * 3600)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 300
-# The broker hands an unacknowledged task to another worker after this long, so it
-# must outlast the hard time limit or long training runs would start twice.
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600,
-    "max_retries": 1,
-    "interval_start": 0,
-    "interval_step": 0.5,
-    "interval_max": 1,
-}
+# Redis hands an unacknowledged task to another worker after the visibility timeout,
+# so it must outlast the hard time limit or long training runs would start twice.
+# (The SQLAlchemy transport passes its options to create_engine, so it gets none.)
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {
+        "visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600,
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_max": 1,
+    }
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+    else {}
+)
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -191,3 +198,5 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+WHITENOISE_USE_FINDERS = DEBUG
