@@ -68,8 +68,9 @@ def database_from_url(url: str) -> dict:
             "OPTIONS": options,
         }
     if parsed.scheme == "sqlite":
-        path = unquote(parsed.path)
-        if not path or path == "/":
+        # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path.
+        path = unquote(parsed.path)[1:]
+        if not path:
             raise ImproperlyConfigured("DATABASE_URL sqlite:/// needs a file path.")
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": path}
     raise ImproperlyConfigured(

@@ -134,6 +134,9 @@ STORAGES = {
 # same folder (a shared volume in docker/compose.yaml).
 ARTIFACTS_DIR = Path(env_str("ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
 MEDIA_ROOT = ARTIFACTS_DIR / "uploads"
+# The project's base policy: empty means the bundled SmolLM2-135M-Instruct; or any
+# Hugging Face model directory or GGUF file.
+BASE_MODEL = env_str("BASE_MODEL") or None
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

@@ -33,7 +33,7 @@ class Command(BaseCommand):
 
         project = demo_seed()
         self.stdout.write("Preparing the base model (converted once from the bundled SmolLM2 GGUF)...")
-        base = base_checkpoint_register(project=project)
+        base = base_checkpoint_register(project=project, source=settings.BASE_MODEL)
         self.stdout.write(f"Base model ready: {base.uri}")
         opened = _demo_round_open(project, base)
         if opened:

@@ -1,0 +1,48 @@
+"""Roles, the create_user command and the login pages."""
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from webapp.roles import has_role
+
+
+@pytest.mark.parametrize("role", ["annotator", "admin", "researcher"])
+def test_it_creates_a_user_with_a_role(db, role):
+    from django.contrib.auth import get_user_model
+
+    call_command("create_user", "grace", role=role, password="a-long-test-password")
+    user = get_user_model().objects.get(username="grace")
+    assert has_role(user, role)
+    assert user.is_staff == (role == "admin")
+    assert user.check_password("a-long-test-password")
+
+
+def test_it_refuses_an_unknown_role(db):
+    with pytest.raises(Exception, match="invalid choice"):
+        call_command("create_user", "grace", role="wizard", password="x")
+
+
+def test_it_serves_the_login_page_in_the_site_style(client):
+    response = client.get("/login/")
+    assert response.status_code == 200
+    assert b"Log in to Tandem" in response.content and b"tandem.css" in response.content
+
+
+def test_it_logs_a_user_in_and_out_with_csrf(annotator):
+    from tests.conftest import PASSWORD
+
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get("/login/")
+    token = page.cookies["csrftoken"].value
+    response = browser.post("/login/", {"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": token})
+    assert response.status_code == 302
+    assert browser.get("/").wsgi_request.user.username == "alice"
+    token = browser.cookies["csrftoken"].value
+    assert browser.post("/logout/", {"csrfmiddlewaretoken": token}).status_code == 302
+    assert not browser.get("/login/").wsgi_request.user.is_authenticated
+
+
+def test_it_says_when_the_password_is_wrong(annotator):
+    response = Client().post("/login/", {"username": "alice", "password": "wrong"})
+    assert b"did not match" in response.content
