@@ -1012,8 +1012,13 @@ def train_ppo(
 
     model = PolicyAndValue(policy, value_model)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # The fused kernel is ~10x faster than the default per-tensor loop on CPU (big embedding matrices).
     optimizer = torch.optim.AdamW(
-        trainable, lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
+        trainable,
+        lr=config.learning_rate,
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+        fused=True,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     disable_dropout(model)
