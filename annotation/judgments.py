@@ -68,6 +68,7 @@ def judgment_submit(
     order_shown: list[int],
     time_spent_ms: int | None = None,
     now: datetime | None = None,
+    source: str = "human",
 ) -> Submitted:
     """Record ``answer`` once per ``client_id``; raise ``SubmitRefused`` when it cannot be taken.
 
@@ -118,7 +119,7 @@ def judgment_submit(
         judgment = Judgment.objects.create(
             comparison=locked,
             annotator=annotator,
-            source="human",
+            source=source,
             ranking=answer.ranking,
             strength=answer.strength,
             is_tie=answer.is_tie,
