@@ -52,7 +52,8 @@ def _comparison_for(user, comparison_id: int) -> Comparison:
 def index(request: HttpRequest) -> HttpResponse:
     rounds = list(leases.rounds_open_to(request.user).order_by("project__name", "-number"))
     rows = [(r, leases.progress_for(request.user, r)) for r in rounds]
-    return render(request, "annotation/index.html", {"rows": rows})
+    first_open = next((r.pk for r, progress in rows if progress.remaining), None)
+    return render(request, "annotation/index.html", {"rows": rows, "first_open": first_open})
 
 
 @role_required(ANNOTATOR)
