@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from annotation.admin_imports import ProjectImportsMixin
 from annotation.models import (
     AnnotatorProfile,
     Comparison,
@@ -16,7 +17,7 @@ from annotation.models import (
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(ProjectImportsMixin, admin.ModelAdmin):
     list_display = ["name", "comparison_mode", "k", "overlap", "scale", "is_active", "created_at"]
     list_filter = ["comparison_mode", "scale", "is_active"]
     search_fields = ["name", "description"]

@@ -599,6 +599,8 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 def _hh_turns(value: Any, what: str) -> list[dict[str, str]]:
     text = _text(value, what)
     parts = _HH_TURN.split(text)
+    if len(parts) == 1:
+        raise RowError(f"{what} is not an HH-RLHF dialogue (no 'Human:' or 'Assistant:' turns)")
     if parts[0].strip():
         raise RowError(f"{what} has text before its first 'Human:' turn")
     turns = [
