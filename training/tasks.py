@@ -14,3 +14,52 @@ from celery import shared_task
 def ping() -> str:
     """Round-trip check used by the embedded-mode test: the worker is consuming."""
     return "pong"
+
+
+@shared_task(name="training.tasks.generate_round")
+def generate_round(run_id: int) -> None:
+    """Fill a round's missing responses (or one chunk of them); routed to the ``gpu`` queue.
+
+    The last chunk to finish builds the comparisons and opens the round. A failure or a
+    cancel marks the round failed with the reason (``training.rounds.generation_settle``).
+    """
+    from training.rounds import generation_settle, round_generate
+    from training.runs import running
+
+    with running(run_id) as reporter:
+        if reporter is not None:
+            round_generate(reporter=reporter)
+    generation_settle(run_id)
+
+
+@shared_task(name="training.tasks.train_reward_model")
+def train_reward_model(run_id: int) -> None:
+    """Bradley–Terry reward model from the project's judgments (queue gpu)."""
+    from training.reward_models import reward_model_train
+    from training.runs import running
+
+    with running(run_id) as reporter:
+        if reporter is not None:
+            reward_model_train(run=reporter.run, reporter=reporter)
+
+
+@shared_task(name="training.tasks.train_ppo")
+def train_ppo(run_id: int) -> None:
+    """PPO on the policy against a reward model; writes a draft checkpoint (queue gpu)."""
+    from training.policies import ppo_train
+    from training.runs import running
+
+    with running(run_id) as reporter:
+        if reporter is not None:
+            ppo_train(run=reporter.run, reporter=reporter)
+
+
+@shared_task(name="training.tasks.run_loop")
+def run_loop(run_id: int) -> None:
+    """Snapshot → reward model → PPO → checkpoint, each step its own run (queue gpu)."""
+    from training.loop import loop_run
+    from training.runs import running
+
+    with running(run_id) as reporter:
+        if reporter is not None:
+            loop_run(run=reporter.run, reporter=reporter)

@@ -1,0 +1,106 @@
+"""Training a reward model as a run: snapshot the judgments, train with TRL, record the evaluation.
+
+The run's config (see ``training.launch``): ``{"base_checkpoint_id", "filters",
+"pairs": PairOptions fields, "training": RewardModelConfig fields}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+from training.models import Checkpoint, RewardModel, TrainingRun
+from training.runs import RunCancelled, RunReporter
+
+
+def run_base_checkpoint(run: TrainingRun, key: str = "base_checkpoint_id") -> Checkpoint:
+    """The checkpoint a run starts from: the one in its config, else the project's newest published."""
+    checkpoint_id = run.config.get(key)
+    checkpoints = Checkpoint.objects.filter(project=run.project)
+    if checkpoint_id:
+        return checkpoints.get(pk=checkpoint_id)
+    newest = checkpoints.filter(status=Checkpoint.Status.PUBLISHED).order_by("-version").first()
+    if newest is None:
+        raise ValueError(
+            f"{run.project} has no published checkpoint to start from; install the base model first."
+        )
+    return newest
+
+
+def reward_model_dir(run: TrainingRun) -> Path:
+    return Path(settings.ARTIFACTS_DIR) / "reward_models" / f"run-{run.pk}"
+
+
+def reward_model_train(*, run: TrainingRun, reporter: RunReporter) -> RewardModel:
+    """Snapshot → train → evaluate → RewardModel row. Re-running after a crash starts training over
+    (a reward model is minutes to hours, not days) but never writes over a finished model."""
+    from training.ml.checkpoints import is_complete_checkpoint
+    from training.ml.pairs import read_snapshot_jsonl, snapshot_metadata, split_by_prompt
+    from training.ml.reward import RewardModelConfig, TrainingHooks, evaluate_reward_model, train_reward_model
+    from training.snapshots import snapshot_build
+
+    existing = RewardModel.objects.filter(run=run).first()
+    if existing is not None:  # a duplicate delivery after the row was written
+        return existing
+    config = RewardModelConfig.from_dict(run.config.get("training", {}))
+    base = run_base_checkpoint(run)
+
+    reporter.stage("Building the preference snapshot")
+    snapshot = run.snapshot or snapshot_build(
+        project=run.project, filters=run.config.get("filters", {}), options=run.config.get("pairs", {})
+    )
+    TrainingRun.objects.filter(pk=run.pk).update(snapshot=snapshot, input_hash=snapshot.sha256)
+    rows = read_snapshot_jsonl(snapshot.uri)
+    if len({row["prompt_id"] for row in rows}) < 2:
+        raise ValueError(
+            f"The snapshot has {len(rows)} preference pairs over fewer than two prompts: "
+            "collect more judgments before training a reward model."
+        )
+    train_rows, eval_rows = split_by_prompt(rows, config.eval_fraction, config.seed)
+    reporter.log(
+        f"Snapshot {snapshot.sha256[:12]}: {len(train_rows)} training and {len(eval_rows)} held-out pairs."
+    )
+
+    out_dir = reward_model_dir(run)
+    if is_complete_checkpoint(out_dir):
+        reporter.stage("Evaluating the model a previous attempt finished")
+        evaluation = evaluate_reward_model(out_dir, eval_rows, max_length=config.max_length)
+        results = {"eval": evaluation, "train": {}, "status": "completed"}
+    else:
+        reporter.stage(f"Training from {base}")
+        hooks = TrainingHooks(
+            on_metrics=reporter.metrics,
+            on_progress=lambda step, total: reporter.progress(step, total, "Training"),
+            should_stop=reporter.should_stop,
+        )
+        results = train_reward_model(
+            train_rows,
+            eval_rows,
+            base.uri,
+            out_dir,
+            config,
+            hooks,
+            metadata={"snapshot": snapshot.sha256, "run": run.pk, **snapshot_metadata(rows)},
+        )
+        if results["status"] == "cancelled":
+            raise RunCancelled
+    evaluation = results["eval"] or {}
+    reward_model = RewardModel.objects.create(
+        project=run.project,
+        run=run,
+        base_checkpoint=base,
+        snapshot=snapshot,
+        uri=str(out_dir),
+        accuracy=evaluation.get("accuracy"),
+        eval_loss=evaluation.get("loss"),
+        mean_margin=evaluation.get("mean_margin"),
+        learned=bool(evaluation.get("learned")),
+        evaluation={**evaluation, "train": results.get("train", {})},
+    )
+    run.outputs = {**run.outputs, "reward_model_id": reward_model.pk, "accuracy": reward_model.accuracy}
+    verdict = "learned" if reward_model.learned else "NOT learned (held-out loss stayed near ln 2)"
+    reporter.log(
+        f"Reward model #{reward_model.pk}: held-out accuracy {reward_model.accuracy:.3f}, {verdict}."
+    )
+    return reward_model
