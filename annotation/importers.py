@@ -359,7 +359,7 @@ def _lines(opened, max_line_bytes: int, progress: Progress | None) -> Iterator[t
                 f"the file cannot be read past line {line_no}: {exc or type(exc).__name__}"
             ) from exc
         if not line:
-            return
+            break
         line_no += 1
         if progress is not None and line_no % 1000 == 0:
             progress(counting.count)

@@ -100,6 +100,42 @@ def test_it_reads_a_file_object_with_a_byte_order_mark(project):
     assert Prompt.objects.get().source == "menu.jsonl"
 
 
+class OneWayStream(io.RawIOBase):
+    """A pipe-like upload: no seek, and short reads."""
+
+    def __init__(self, data: bytes):
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._data.read(min(len(buffer), 3))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_it_reads_a_stream_that_cannot_seek(project, gzipped):
+    data = b'{"prompt": "one"}\n{"prompt": "two"}\n'
+
+    result = import_prompts(project=project, file=OneWayStream(gzip.compress(data) if gzipped else data))
+
+    assert (result.imported, result.source) == (2, "upload")
+
+
+@pytest.mark.django_db
+def test_it_reports_progress_in_bytes_read(project, tmp_path):
+    file = write_lines(tmp_path / "p.jsonl", [{"prompt": f"row {i} " + "x" * 200} for i in range(2500)])
+    seen = []
+
+    import_prompts(project=project, file=file, progress=seen.append)
+
+    assert seen == sorted(seen) and len(set(seen)) >= 3
+    assert seen[-1] == (tmp_path / "p.jsonl").stat().st_size
+
+
 @pytest.mark.django_db
 def test_it_reads_csv_with_comma_separated_tags_and_json_messages(project, tmp_path):
     csv_text = (
