@@ -12,6 +12,20 @@ def make_project(name: str = "Project", **fields) -> Project:
     return Project.objects.create(name=name, **fields)
 
 
+def make_annotators(n: int, prefix: str = "annotator"):
+    """``n`` users in the annotator group, without the cost of hashing a password each."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    group, _ = Group.objects.get_or_create(name="annotator")
+    user_model = get_user_model()
+    users = user_model.objects.bulk_create(
+        user_model(username=f"{prefix}-{i}", password="!") for i in range(n)
+    )
+    group.user_set.add(*users)
+    return users
+
+
 def make_checkpoint(project: Project, version: int = 1):
     from training.models import Checkpoint
 
