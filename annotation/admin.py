@@ -34,12 +34,51 @@ class PromptAdmin(admin.ModelAdmin):
 
 @admin.register(Round)
 class RoundAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "status", "error", "created_at", "opened_at", "closed_at"]
+    list_display = [
+        "__str__",
+        "status",
+        "generation_progress",
+        "error",
+        "created_at",
+        "opened_at",
+        "closed_at",
+    ]
     list_filter = ["status", "project"]
     search_fields = ["project__name", "error"]
     filter_horizontal = ["checkpoints"]
-    list_select_related = ["project"]
+    list_select_related = ["project", "generation_run"]
     raw_id_fields = ["generation_run"]
+    actions = ["retry_failed_generation"]
+
+    @admin.display(description="Generation")
+    def generation_progress(self, obj):
+        run = obj.generation_run
+        if run is None:
+            return "-"
+        return f"{run.get_status_display()} {run.progress_done}/{run.progress_total}"
+
+    @admin.action(description="Retry failed generation")
+    def retry_failed_generation(self, request, queryset):
+        from django.contrib import messages
+
+        from training.rounds import round_retry
+        from training.runs import QueueUnavailable
+
+        retried = 0
+        for round in queryset.filter(status=Round.Status.FAILED):
+            try:
+                round_retry(round=round)
+            except QueueUnavailable as exc:
+                self.message_user(request, f"{round}: {exc}", messages.ERROR)
+                return
+            retried += 1
+        skipped = queryset.count() - retried
+        self.message_user(
+            request,
+            f"Generation of {retried} round{'s' if retried != 1 else ''} queued again; it continues where it stopped."
+            + (f" {skipped} not failed, left as they are." if skipped else ""),
+            messages.SUCCESS if retried else messages.WARNING,
+        )
 
 
 @admin.register(Response)
