@@ -1,0 +1,192 @@
+"""Reward model, PPO and the full loop as runs: from judgments in the database to checkpoints on disk.
+
+Tiny random models on the CPU; the runs execute their task bodies in-process (the
+real worker path is covered by the generation tests and the fault tests).
+"""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from annotation.models import Comparison, ComparisonItem, Judgment, Prompt, Response, Round
+from annotation.simulation import simulate_round
+from training.models import Checkpoint, Metric, RewardModel, TrainingRun
+from training.runs import run_cancel
+from training.tasks import run_loop, train_ppo, train_reward_model
+
+pytestmark = pytest.mark.slow
+
+WORDS = "the a river stone cloud green quick slow paper window table music light orange seven".split()
+TINY_RM = {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 8, "warmup_ratio": 0.0}
+TINY_PPO = {
+    "total_episodes": 16,
+    "batch_size": 8,
+    "mini_batch_size": 4,
+    "num_ppo_epochs": 1,
+    "response_length": 6,
+    "reward_norm_samples": 8,
+    "save_every": 1,
+    "learning_rate": 1e-4,
+}
+
+
+@pytest.fixture
+def judged_round(project, tiny_checkpoint, settings, tmp_path):
+    """A round whose 40 comparisons simulated annotators judged: they prefer the response saying 'thanks'."""
+    settings.ARTIFACTS_DIR = tmp_path
+    base = Checkpoint.objects.create(
+        project=project, version=0, uri=str(tiny_checkpoint), origin="base", status="published"
+    )
+    round = Round.objects.create(project=project, number=1, status=Round.Status.OPEN)
+    rng = random.Random(0)
+    for n in range(40):
+        prompt = Prompt.objects.create(
+            project=project,
+            conversation=[{"role": "user", "content": f"Tell me about {rng.choice(WORDS)} {n}."}],
+            split=Prompt.Split.EVAL if n % 8 == 0 else Prompt.Split.TRAIN,
+        )
+        texts = [" ".join(rng.choices(WORDS, k=rng.randint(4, 8))) for _ in range(2)]
+        texts[rng.randint(0, 1)] += " thanks"
+        comparison = Comparison.objects.create(round=round, prompt=prompt)
+        for i, text in enumerate(texts):
+            response = Response.objects.create(
+                prompt=prompt, round=round, checkpoint=base, sample_index=i, text=text
+            )
+            ComparisonItem.objects.create(comparison=comparison, response=response, position=i)
+    simulate_round(round=round, annotators=1, rule="phrase:thanks")
+    assert Judgment.objects.count() == 40
+    return round, base
+
+
+def _run(project, kind, config):
+    return TrainingRun.objects.create(project=project, kind=kind, config=config)
+
+
+def test_it_trains_a_reward_model_from_judgments_and_records_its_evaluation(judged_round, project):
+    _, base = judged_round
+    run = _run(project, "reward_model", {"base_checkpoint_id": base.pk, "training": TINY_RM})
+    train_reward_model(run.pk)
+
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    assert run.progress_done == run.progress_total > 0
+    assert run.snapshot is not None and run.input_hash == run.snapshot.sha256
+    assert run.snapshot.pair_count == 40
+    losses = Metric.objects.filter(run=run, name="loss").order_by("step").values_list("value", flat=True)
+    assert len(losses) >= 5 and Metric.objects.filter(run=run, name="accuracy").exists()
+    reward_model = RewardModel.objects.get(run=run)
+    assert reward_model.accuracy >= 0.75 and reward_model.learned
+    assert reward_model.evaluation["by_source"]["simulated"]["pairs"] > 0
+    assert (Path(reward_model.uri) / "config.json").is_file()
+    # A second delivery of the same message does nothing twice.
+    train_reward_model(run.pk)
+    assert RewardModel.objects.count() == 1
+
+
+def test_it_stops_a_reward_model_run_on_cancel_and_writes_no_model(judged_round, project, monkeypatch):
+    _, base = judged_round
+    run = _run(project, "reward_model", {"base_checkpoint_id": base.pk, "training": TINY_RM})
+    from training.runs import RunReporter
+
+    progress = RunReporter.progress
+
+    def admin_cancels_after_two_steps(self, done, total, stage=None, **kwargs):
+        progress(self, done, total, stage, **kwargs)
+        if done == 2:
+            run_cancel(self.run)
+            self._last_cancel_check = 0  # let the next check see it at once
+
+    monkeypatch.setattr(RunReporter, "progress", admin_cancels_after_two_steps)
+    train_reward_model(run.pk)
+    run.refresh_from_db()
+    assert run.status == "cancelled", run.error
+    assert 2 <= run.progress_done < run.progress_total
+    assert not RewardModel.objects.exists()
+    from training.reward_models import reward_model_dir
+
+    assert not reward_model_dir(run).exists()
+
+
+def test_it_refuses_to_train_without_enough_judgments(project, tiny_checkpoint, settings, tmp_path):
+    settings.ARTIFACTS_DIR = tmp_path
+    base = Checkpoint.objects.create(project=project, version=0, uri=str(tiny_checkpoint), origin="base")
+    run = _run(project, "reward_model", {"base_checkpoint_id": base.pk})
+    train_reward_model(run.pk)
+    run.refresh_from_db()
+    assert run.status == "failed" and "collect more judgments" in run.error
+
+
+def test_the_loop_trains_a_reward_model_then_ppo_and_publishes_the_policy(
+    judged_round, project, eager, django_capture_on_commit_callbacks
+):
+    _, base = judged_round
+    loop = _run(
+        project,
+        "loop",
+        {"base_checkpoint_id": base.pk, "reward_model": TINY_RM, "ppo": TINY_PPO, "open_next_round": True},
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        run_loop(loop.pk)
+
+    loop.refresh_from_db()
+    assert loop.status == "succeeded", loop.error
+    reward_run, ppo_run = loop.children.order_by("created_at")
+    assert (reward_run.kind, reward_run.status) == ("reward_model", "succeeded")
+    assert (ppo_run.kind, ppo_run.status) == ("ppo", "succeeded")
+    assert Metric.objects.filter(run=ppo_run, name="objective/kl").count() == 2  # 16 episodes / 8 per update
+    checkpoint = Checkpoint.objects.get(produced_by=ppo_run)
+    assert checkpoint.parent == base and checkpoint.reward_model_id == reward_run.outputs["reward_model_id"]
+    assert checkpoint.status == "published" and checkpoint.version == 1
+    # Publishing opened the next round: the new policy against its parent on the eval prompts.
+    next_round = project.rounds.get(number=2)
+    assert set(next_round.checkpoints.all()) == {checkpoint, base}
+    assert next_round.status == "open", next_round.error
+    assert next_round.comparisons.count() == Prompt.objects.filter(project=project, split="eval").count()
+
+
+def test_ppo_resumes_from_its_last_saved_state(judged_round, project, eager):
+    _, base = judged_round
+    reward_run = _run(project, "reward_model", {"base_checkpoint_id": base.pk, "training": TINY_RM})
+    train_reward_model(reward_run.pk)
+    reward_model = RewardModel.objects.get()
+    config = {
+        "policy_checkpoint_id": base.pk,
+        "reward_model_id": reward_model.pk,
+        "training": {**TINY_PPO, "total_episodes": 24},
+    }
+    run = _run(project, "ppo", config)
+
+    # The first attempt is cancelled after its first update (a state is saved every update).
+    from training import policies
+
+    original = policies.ppo_train
+
+    def cancel_after_first_update(*, run, reporter):
+        metrics = reporter.metrics
+
+        def metrics_then_cancel(step, values):
+            metrics(step, values)
+            TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+            reporter._last_cancel_check = 0
+
+        reporter.metrics = metrics_then_cancel
+        return original(run=run, reporter=reporter)
+
+    policies.ppo_train = cancel_after_first_update
+    try:
+        train_ppo(run.pk)
+    finally:
+        policies.ppo_train = original
+    run.refresh_from_db()
+    assert run.status == "cancelled" and not Checkpoint.objects.filter(produced_by=run).exists()
+    assert any((policies.run_dir(run) / "ppo-state").iterdir())
+
+    from training.runs import run_retry
+
+    run_retry(run, train_ppo)  # eager: the retried task runs here
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    assert "Resuming PPO" in run.log_tail
+    steps = sorted(Metric.objects.filter(run=run, name="objective/kl").values_list("step", flat=True))
+    assert steps == [1, 2, 3]
