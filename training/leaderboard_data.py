@@ -179,7 +179,6 @@ class Leaderboard:
     rows: list[LeaderboardRow]
     matrix: list[tuple[Checkpoint, list[Cell | None]]]
     votes: int
-    maths_available: bool
     n_bootstrap: int
 
 
@@ -190,12 +189,12 @@ def leaderboard_for(project: Project, *, n_bootstrap: int = 1000, seed: int = 0)
     ids = sorted({v.a for v in votes} | {v.b for v in votes})
     checkpoints = Checkpoint.objects.in_bulk(ids)
 
-    fit = _fit(votes, ids, n_bootstrap=n_bootstrap, seed=seed)
+    fit = _fit(votes, ids, n_bootstrap=n_bootstrap, seed=seed)  # {} without votes
     rows = []
     for cid in ids:
         rate, n = counts.win_rate(cid)
         mine = [c for c in counts.pairs.values() if cid in (c.a, c.b)]
-        f = fit.get(cid, {}) if fit else {}
+        f = fit.get(cid, {})
         rows.append(
             LeaderboardRow(
                 checkpoint=checkpoints[cid],
@@ -209,10 +208,7 @@ def leaderboard_for(project: Project, *, n_bootstrap: int = 1000, seed: int = 0)
                 both_bad=sum(c.both_bad for c in mine),
             )
         )
-    if fit:
-        rows.sort(key=lambda r: (r.rank if r.rank is not None else 1e9, -(r.score or 0)))
-    else:
-        rows.sort(key=lambda r: -(r.win_rate or 0))
+    rows.sort(key=lambda r: (r.rank, -r.score, r.checkpoint.version))
     _place_intervals(rows)
     ordered = [r.checkpoint for r in rows]
     matrix = []
@@ -226,9 +222,7 @@ def leaderboard_for(project: Project, *, n_bootstrap: int = 1000, seed: int = 0)
             rate = (count.a_wins + 0.5 * (count.ties + count.both_bad)) / count.total if count.total else None
             cells.append(Cell(count, rate))
         matrix.append((x, cells))
-    return Leaderboard(
-        rows=rows, matrix=matrix, votes=len(votes), maths_available=fit is not None, n_bootstrap=n_bootstrap
-    )
+    return Leaderboard(rows=rows, matrix=matrix, votes=len(votes), n_bootstrap=n_bootstrap)
 
 
 def _place_intervals(rows: list[LeaderboardRow]) -> None:
@@ -244,6 +238,15 @@ def _place_intervals(rows: list[LeaderboardRow]) -> None:
         r.dot = 100 * (r.score - low) / span
 
 
-def _fit(votes: list[Vote], ids: list[int], *, n_bootstrap: int, seed: int) -> dict[int, dict] | None:
-    """{checkpoint id: {score, lower, upper, rank}} from ``training.ml.leaderboard``; None when it is missing."""
-    return None
+def _fit(votes: list[Vote], ids: list[int], *, n_bootstrap: int, seed: int) -> dict[int, dict]:
+    """{checkpoint id: {score, lower, upper, rank}} from ``training.ml.leaderboard``."""
+    from training.ml.leaderboard import leaderboard
+
+    if not votes:
+        return {}
+    result = leaderboard(
+        [{"model_a": str(v.a), "model_b": str(v.b), "winner": v.outcome} for v in votes],
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    return {int(row["model"]): row for row in result["rows"]}

@@ -3,12 +3,13 @@
 This module reads rows and shapes them as plain judgment dicts (the shape
 ``training.ml.pairs`` uses); the figures come from ``training.ml.agreement``
 (Krippendorff's alpha, agreement with the other annotators, left-pick rate) and
-``training.ml.pairs`` (gold accuracy).
+``training.ml.pairs`` (gold accuracy). Agreement is measured per item = one pair of
+responses of a comparison, the verdict being which of the two is better, a tie, or
+both bad; a K-wise ranking of K responses gives C(K, 2) items.
 """
 
 from __future__ import annotations
 
-import importlib
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Q
 
 from annotation.models import AnnotatorProfile, Judgment, Project, Round
+from training.ml import agreement
 from training.ml.pairs import gold_accuracy_by_annotator
 
 
@@ -52,21 +54,48 @@ def judgment_dicts(queryset) -> list[dict]:
     ]
 
 
-def _agreement():
-    """``training.ml.agreement``, or None while it is not installed."""
-    try:
-        return importlib.import_module("training.ml.agreement")
-    except ImportError:
-        return None
+def verdict_triples(judgments: Iterable[dict]) -> list[tuple[tuple, str, str]]:
+    """``(item, annotator, verdict)`` for agreement maths: an item is one pair of responses of a comparison.
+
+    The verdict on responses x < y (by id) is "first" (x is better), "second", "tie" or
+    "both_bad": labels that mean the same on every item, as nominal alpha needs.
+    """
+    triples = []
+    for j in judgments:
+        rank = {rid: i for i, group in enumerate(j["ranking"]) for rid in group}
+        ids = sorted(rank, key=lambda r: (len(r), r))
+        for i, x in enumerate(ids):
+            for y in ids[i + 1 :]:
+                if j["both_bad"]:
+                    verdict = "both_bad"
+                elif rank[x] == rank[y]:
+                    verdict = "tie"
+                else:
+                    verdict = "first" if rank[x] < rank[y] else "second"
+                triples.append(((j["comparison_id"], x, y), j["annotator"], verdict))
+    return triples
 
 
 def alpha_of(judgments: list[dict]) -> float | None:
-    """Krippendorff's alpha over the judgments' verdicts; None when it cannot be computed."""
-    ml = _agreement()
-    if ml is None or not judgments:
+    """Krippendorff's alpha (nominal) over the verdicts; None without overlap or variation."""
+    triples = verdict_triples(judgments)
+    if not triples:
         return None
-    value = ml.judgments_alpha(judgments)
-    return None if value is None or value != value else float(value)
+    matrix, _annotators, _items = agreement.reliability_matrix(triples)
+    return agreement.krippendorff_alpha(matrix, level="nominal")
+
+
+def left_picks(judgments: Iterable[dict]) -> list[tuple[int, int]]:
+    """``(position chosen, positions shown)`` of decisive judgments (one clear best, not both bad)."""
+    picks = []
+    for j in judgments:
+        shown = j["order_shown"]
+        if j["both_bad"] or len(shown) < 2 or not j["ranking"] or len(j["ranking"][0]) != 1:
+            continue
+        best = j["ranking"][0][0]
+        if best in shown:
+            picks.append((shown.index(best), len(shown)))
+    return picks
 
 
 def round_alphas(round_ids: Iterable[int]) -> dict[int, float | None]:
@@ -112,9 +141,19 @@ class AnnotatorQuality:
     gold_seen: int
     agreement: float | None  # with the other annotators of the same comparisons
     agreement_items: int
-    left_pick_rate: float | None  # share of decisive pairwise choices that went to the left response
+    left_pick_rate: float | None  # share of decisive choices that went to the response shown first (left)
+    left_pick_expected: float | None  # what an annotator without position bias would give
+    left_pick_interval: tuple[float | None, float | None]  # 95% Wilson interval of the rate
     left_pick_n: int
     excluded: bool
+
+    @property
+    def position_biased(self) -> bool:
+        """The chance rate lies outside the 95% interval of the observed left-pick rate."""
+        low, high = self.left_pick_interval
+        if self.left_pick_expected is None or low is None or high is None:
+            return False
+        return not low <= self.left_pick_expected <= high
 
     @property
     def gold_accuracy(self) -> float | None:
@@ -134,15 +173,13 @@ def annotator_quality(project: Project) -> list[AnnotatorQuality]:
         ).values_list("user_id", flat=True)
     )
     gold = gold_accuracy_by_annotator(judgments)
-    ml = _agreement()
-    agreement = ml.annotator_agreement(judgments) if ml else {}
-    left = ml.left_pick_rates(judgments) if ml else {}
+    agreed = agreement.annotator_agreement(verdict_triples(judgments))
 
     rows = []
     for annotator, mine in by_annotator.items():
         times = [j["time_spent_ms"] for j in mine if j["time_spent_ms"] is not None]
-        agree, agree_n = agreement.get(annotator, (None, 0))
-        rate, rate_n = left.get(annotator, (None, 0))
+        agree = agreed.get(annotator, {"agreement": None, "items": 0})
+        left = agreement.left_pick_rate(left_picks(mine))
         passed, seen = gold.get(annotator, (0, 0))
         rows.append(
             AnnotatorQuality(
@@ -151,10 +188,12 @@ def annotator_quality(project: Project) -> list[AnnotatorQuality]:
                 median_seconds=statistics.median(times) / 1000 if times else None,
                 gold_passed=passed,
                 gold_seen=seen,
-                agreement=agree,
-                agreement_items=agree_n,
-                left_pick_rate=rate,
-                left_pick_n=rate_n,
+                agreement=agree["agreement"],
+                agreement_items=agree["items"],
+                left_pick_rate=left["rate"],
+                left_pick_expected=left["expected"],
+                left_pick_interval=(left["lower"], left["upper"]),
+                left_pick_n=left["n"],
                 excluded=int(annotator) in excluded,
             )
         )
