@@ -6,6 +6,7 @@ import itertools
 from collections import Counter
 
 import pytest
+import torch
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
@@ -55,7 +56,25 @@ def test_it_opens_a_pairwise_round_of_one_checkpoint_sampled_twice(
     assert (run.progress_done, run.progress_total) == (3, 3)
     response = Response.objects.filter(round=round).first()
     assert response.finish_reason in ("eos", "length") and response.token_count <= 6
-    assert response.generation_params["max_new_tokens"] == 6 and response.generation_params["device"] == "cpu"
+    assert response.generation_params["max_new_tokens"] == 6
+    assert response.generation_params["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_device_can_be_chosen_in_the_config(
+    project, tiny_checkpoint, eager, django_capture_on_commit_callbacks
+):
+    make_prompts(project, 1)
+    base = make_checkpoint(project, tiny_checkpoint)
+
+    round = open_now(
+        django_capture_on_commit_callbacks,
+        project=project,
+        checkpoints=[base],
+        config={**FAST, "device": "cpu"},
+    )
+
+    assert round.status == Round.Status.OPEN
+    assert {r.generation_params["device"] for r in Response.objects.filter(round=round)} == {"cpu"}
 
 
 def test_it_pairs_every_two_checkpoints_once_per_prompt(
