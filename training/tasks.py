@@ -63,3 +63,11 @@ def run_loop(run_id: int) -> None:
     with running(run_id) as reporter:
         if reporter is not None:
             loop_run(run=reporter.run, reporter=reporter)
+
+
+@shared_task(name="training.tasks.export_build")
+def export_build(export_id: int) -> None:
+    """Build a queued preference-data export (``training.exports``); runs on the ``default`` queue."""
+    from training.exports import export_build_by_id
+
+    export_build_by_id(export_id)
