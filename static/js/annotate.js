@@ -367,8 +367,8 @@
     focusMain();
   }
   document.addEventListener("DOMContentLoaded", init);
-  // htmx 2 fires afterSettle on the swapped-in elements; the new #work is one of them.
-  document.addEventListener("htmx:afterSettle", (e) => {
+  // htmx fires "htmx:load" on every element it swaps in; the new #work is one of them.
+  document.addEventListener("htmx:load", (e) => {
     if (e.target && e.target.id === "work") init();
   });
 })();

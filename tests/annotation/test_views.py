@@ -261,3 +261,31 @@ def test_it_pins_the_query_count_of_next_and_submit(annotator, django_assert_num
         assert response.status_code == 200
         counts.append(Judgment.objects.filter(comparison__round=round).count())
     assert counts == [1, 1]
+
+
+def test_it_extends_a_live_lease_and_says_when_it_is_gone(annotator, other_annotator, project):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    round = make_round(project, 1)
+    client = _client(annotator)
+    client.get(reverse("annotate-round", args=[round.pk]))
+    lease = Lease.objects.get()
+    url = reverse("annotate-extend", args=[lease.comparison_id])
+    assert _post(client, url, {}).status_code == 204
+    Lease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    _client(other_annotator).get(reverse("annotate-round", args=[round.pk]))  # takes the free slot
+    assert _post(client, url, {}).status_code == 409
+
+
+def test_it_records_a_binary_choice_without_strength(annotator):
+    project = make_project("Binary", scale="binary", allow_tie=False)
+    round = make_round(project, 1)
+    client = _client(annotator)
+    html = client.get(reverse("annotate-round", args=[round.pk])).content.decode()
+    assert "A is better" in html and "slightly" not in html and 'value="tie"' not in html
+    lease = Lease.objects.get()
+    _post(client, reverse("annotate-judge", args=[lease.comparison_id]), _answer(lease, choice="b"))
+    judgment = Judgment.objects.get()
+    assert judgment.ranking == [[lease.order[1]], [lease.order[0]]] and judgment.strength is None

@@ -102,6 +102,11 @@ def _focused_id(page) -> str:
     )
 
 
+def _wait_for_focus(page, element_id: str) -> None:
+    """Focus lands on ``element_id`` (after a swap it moves there within a frame or two)."""
+    page.wait_for_function("id => document.activeElement && document.activeElement.id === id", arg=element_id)
+
+
 def test_it_completes_pairwise_and_kwise_comparisons_with_the_keyboard_only(page, live_server, annotator):
     pairwise = make_project("A · pairwise", guidelines="Prefer the answer that is **correct** and concise.")
     pairwise_round = make_round(
@@ -145,14 +150,14 @@ def test_it_completes_pairwise_and_kwise_comparisons_with_the_keyboard_only(page
     page.screenshot(path=str(_screenshot_path("pairwise.png")), full_page=True)
     _submit_by_enter(page)
     assert page.is_visible(".annot-notice") and "Saved." in page.inner_text(".annot-notice")
-    assert _focused_id(page) == "cmp"  # focus survives the swap
+    _wait_for_focus(page, "cmp")  # focus survives the swap
     assert page.evaluate("window.performance.getEntriesByType('navigation').length") == 1  # no reload
 
     # 2: B slightly better.
     second = _current_order(page)
     page.keyboard.press("3")
     _submit_by_enter(page)
-    assert _focused_id(page) == "cmp"
+    _wait_for_focus(page, "cmp")
 
     # 3: tie, and both bad.
     third = _current_order(page)
@@ -286,3 +291,26 @@ def test_it_records_one_judgment_for_a_double_submit(page, live_server, annotato
 def _screenshot_path(name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS / name
+
+
+def test_it_skips_with_the_keyboard_and_stacks_responses_on_a_narrow_screen(page, live_server, annotator):
+    from annotation.models import Skip
+
+    project = make_project("Narrow")
+    make_round(project, 2, texts=PAIRWISE_TEXTS)
+    page.set_viewport_size({"width": 420, "height": 900})
+    _log_in(page, live_server, annotator)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#judge-form")
+    boxes = [page.locator(".annot-response").nth(i).bounding_box() for i in range(2)]
+    assert boxes[1]["y"] >= boxes[0]["y"] + boxes[0]["height"]  # B below A, not beside it
+    page.screenshot(path=str(_screenshot_path("pairwise-narrow.png")), full_page=True)
+    skipped = page.get_attribute("#judge-form", "action")
+    page.keyboard.press("s")
+    assert _focused_id(page) == "skip-reason"
+    page.keyboard.type("not my field")
+    page.keyboard.press("Enter")
+    _wait_for_swap(page, skipped)
+    _wait_for_focus(page, "cmp")
+    assert "Skipped" in page.inner_text(".annot-notice")
+    assert Skip.objects.get(annotator=annotator).reason == "not my field"
