@@ -232,6 +232,16 @@ def test_annotators_who_fail_gold_are_dropped_and_gold_items_stay_out_of_trainin
     assert "bad" in {r["annotator"] for r in unfiltered}
 
 
+def test_annotators_with_too_few_gold_judgments_are_not_judged():
+    gold = [["12"], ["14"]]
+    judgments = [
+        judgment([["14"], ["12"]], annotator="once", comparison_id=900, is_gold=True, gold_ranking=gold),
+        judgment([["15"], ["16"]], annotator="once", comparison_id=1),
+    ]
+    assert judgments_to_pairs(judgments, PairOptions(min_gold_accuracy=0.5, min_gold_judgments=2))
+    assert not judgments_to_pairs(judgments, PairOptions(min_gold_accuracy=0.5, min_gold_judgments=1))
+
+
 # --- snapshot ---------------------------------------------------------------------------------
 
 

@@ -163,6 +163,8 @@ def test_it_learns_which_response_annotators_prefer_and_saves_a_usable_model(tin
         record["metadata"] == {"sha256": "abc"} and record["eval"]["accuracy"] == results["eval"]["accuracy"]
     )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert not (out / "training_args.bin").exists()  # no pickles in a published directory
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # other workers can read it
 
     # The saved model scores like the one just trained, through the reusable scorer.
     r = held_out[0]

@@ -703,13 +703,22 @@ def _quiet_progress_bars():
             transformers.utils.logging.enable_progress_bar()
 
 
+def _finish_directory(tmp: Path, record: dict) -> None:
+    """Add the results file, drop the pickled TrainingArguments, make files readable by other workers."""
+    (tmp / "training_args.bin").unlink(missing_ok=True)
+    (tmp / RESULTS_FILE).write_text(json.dumps(record, indent=2, default=str))
+    for file in tmp.iterdir():  # safetensors writes 0600 files; the web process may run as another user
+        if file.is_file():
+            os.chmod(file, 0o644)
+
+
 def _save(trainer, out_dir: Path, record: dict) -> None:
     """Write model + tokenizer + ``tandem_reward.json`` to ``out_dir``, atomically."""
     accelerator = trainer.accelerator
     if accelerator.num_processes == 1:
         with atomic_directory(out_dir) as tmp:
             trainer.save_model(str(tmp))
-            (tmp / RESULTS_FILE).write_text(json.dumps(record, indent=2, default=str))
+            _finish_directory(tmp, record)
         return
     # Several processes: every rank takes part in gathering sharded weights (FSDP/DeepSpeed),
     # rank 0 writes them to a staging directory, then moves them into place atomically.
@@ -720,7 +729,7 @@ def _save(trainer, out_dir: Path, record: dict) -> None:
         with atomic_directory(out_dir) as tmp:
             for item in staging.iterdir():
                 shutil.move(str(item), tmp / item.name)
-            (tmp / RESULTS_FILE).write_text(json.dumps(record, indent=2, default=str))
+            _finish_directory(tmp, record)
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
 
