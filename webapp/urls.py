@@ -12,4 +12,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("annotate/", include("annotation.urls")),
     path("dashboard/", include("training.urls")),
+    path("api/", include("training.api")),
+    path("exports/", include("training.urls_exports")),
 ]
