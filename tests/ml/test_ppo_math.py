@@ -208,6 +208,8 @@ def test_config_documents_every_field_and_keeps_trl_defaults():
 
 @pytest.fixture(scope="module")
 def tiny_models(tiny_checkpoint):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-wide model gains nothing from threads, and loses on busy cores
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.manual_seed(0)
@@ -215,7 +217,8 @@ def tiny_models(tiny_checkpoint):
     value = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint, num_labels=1)
     for model in (policy, value):
         disable_dropout(model)
-    return policy, value
+    yield policy, value
+    torch.set_num_threads(previous)
 
 
 def test_sampled_logprobs_match_a_forward_pass_on_left_padded_prompts(tiny_models):

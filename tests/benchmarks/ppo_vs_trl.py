@@ -1,0 +1,272 @@
+"""Benchmark: Tandem's PPO against TRL 1.12's PPOTrainer, same models, prompts, reward model, settings.
+
+    .venv/bin/python tests/benchmarks/ppo_vs_trl.py [--updates 10] [--threads 1]
+
+TRL removed PPOTrainer after 1.12, so the baseline needs trl==1.12.0, never a project
+dependency. The script makes a throwaway venv (``/tmp/tandem-trl112-venv``) that sees this
+project's venv through a ``.pth`` file (same torch and transformers, no 1 GB download) and
+holds only ``trl==1.12.0`` itself, then re-runs itself there; both trainers run in that one
+process, one after the other.
+
+Setup: the tiny two-layer Llama with the SmolLM2 tokenizer, its output head made "peaked"
+(32 tokens carry most of the probability, as in a trained model; a uniform 49k-token
+policy cannot be moved by any reward in a few updates). Reward and value models: the same
+random-headed sequence classifier built from the tiny Llama. Both trainers: rollout batch
+16, 2 minibatches of 8, 4 PPO epochs, 16 response tokens, temperature 0.7, lr 1e-4 with
+linear decay, kl_coef 0.05 (k1), EOS truncation, float32, no gradient checkpointing, no
+reward normalisation (TRL has none).
+
+Printed: episodes/s of the training loop (rollouts + updates; model loading excluded), and
+the gain in mean raw reward-model score of the final policy over the initial one, both
+measured with one shared evaluation (64 samples at temperature 0.7), plus the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TRL_VENV = Path(os.environ.get("TANDEM_TRL112_VENV", "/tmp/tandem-trl112-venv"))
+TRL_VERSION = "1.12.0"
+PROMPT_WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi".split()
+
+
+def ensure_trl_venv() -> Path:
+    """Create the baseline venv once: this project's packages plus trl==1.12.0 shadowing the newer trl."""
+    python = TRL_VENV / "bin" / "python"
+    if python.exists():
+        check = subprocess.run(
+            [str(python), "-c", "import trl; print(trl.__version__)"], capture_output=True, text=True
+        )
+        if check.stdout.strip() == TRL_VERSION:
+            return python
+    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+    site = subprocess.run(
+        [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    main_site = subprocess.run(
+        [sys.executable, "-c", "import site; print(site.getsitepackages()[0])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # Appended after the venv's own site-packages, so trl 1.12 installed here wins over the project's trl.
+    (Path(site) / "_tandem_project.pth").write_text(main_site + "\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", f"trl=={TRL_VERSION}"], check=True
+    )
+    return python
+
+
+def build_models(work: Path):
+    """Peaked tiny policy and a random-headed reward model (also the value model's start)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.ml.checkpoints import (
+        atomic_directory,
+        build_tiny_checkpoint,
+        load_gguf_tokenizer,
+        smollm2_gguf_path,
+    )
+
+    tokenizer_dir = ROOT / "tests" / "artifacts" / "smollm2-tokenizer"
+    if not tokenizer_dir.exists():
+        tokenizer = load_gguf_tokenizer(smollm2_gguf_path())
+        with atomic_directory(tokenizer_dir) as tmp:
+            tokenizer.save_pretrained(tmp)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tiny = ROOT / "tests" / "artifacts" / "tiny-llama-v1"
+    if not tiny.exists():
+        build_tiny_checkpoint(tokenizer, tiny)
+
+    policy_dir, reward_dir = work / "policy", work / "reward"
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_pretrained(tiny, tie_word_embeddings=False)
+    with torch.no_grad():
+        policy.lm_head.weight.copy_(policy.get_input_embeddings().weight)
+        policy.lm_head.weight[100:132] = 0.6 * torch.randn(32, policy.config.hidden_size)
+    policy.save_pretrained(policy_dir)
+    tokenizer.save_pretrained(policy_dir)
+    reward = AutoModelForSequenceClassification.from_pretrained(tiny, num_labels=1)
+    with torch.no_grad():
+        reward.score.weight.normal_(0, 1.0)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(reward_dir)
+    return policy_dir, reward_dir, tokenizer
+
+
+def mean_score(policy, reward_model, tokenizer, prompts, *, seed: int, samples_per_prompt: int = 4) -> float:
+    """Mean raw reward-model score of responses sampled from ``policy`` (temperature 0.7, 16 tokens)."""
+    import torch
+
+    from training.ml.ppo import PPOConfig, collect_rollout, disable_dropout, tokenize_prompts
+
+    disable_dropout(policy)
+    config = PPOConfig(response_length=16, temperature=0.7, batch_size=16, mini_batch_size=16)
+    prompt_ids = tokenize_prompts(tokenizer, prompts, 128) * samples_per_prompt
+    torch.manual_seed(seed)
+    rollout = collect_rollout(
+        policy,
+        prompt_ids,
+        config=config,
+        tokenizer=tokenizer,
+        reward_model=reward_model,
+        reward_fn=None,
+        device=torch.device("cpu"),
+    )
+    return rollout.raw_scores.mean().item()
+
+
+def run_tandem(policy_dir, reward_dir, prompts, args, work: Path) -> tuple[float, Path]:
+    from training.ml.ppo import PPOConfig, PPOHooks, train_ppo
+
+    config = PPOConfig(
+        total_episodes=16 * args.updates,
+        batch_size=16,
+        mini_batch_size=8,
+        num_ppo_epochs=4,
+        response_length=16,
+        temperature=0.7,
+        learning_rate=args.lr,
+        kl_coef=0.05,
+        normalize_reward=False,
+        seed=args.seed,
+    )
+    out = work / "tandem-policy"
+    result = train_ppo(
+        policy_path=policy_dir,
+        reward=str(reward_dir),
+        prompts=prompts,
+        output_dir=out,
+        config=config,
+        hooks=PPOHooks(on_log=None),
+    )
+    loop_seconds = sum(h["time/update_s"] for h in result.history)
+    return 16 * args.updates / loop_seconds, out
+
+
+def run_trl(policy_dir, reward_dir, prompts, args, work: Path):
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    tokenizer.padding_side = "left"
+    ids = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+        for p in prompts
+    ]
+    dataset = Dataset.from_dict({"input_ids": ids})
+    config = PPOConfig(
+        output_dir=str(work / "trl-out"),
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        num_mini_batches=2,
+        num_ppo_epochs=4,
+        total_episodes=16 * args.updates,
+        response_length=16,
+        temperature=0.7,
+        learning_rate=args.lr,
+        kl_coef=0.05,
+        stop_token="eos",
+        local_rollout_forward_batch_size=16,
+        num_sample_generations=0,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=args.seed,
+        use_cpu=True,
+    )
+    torch.manual_seed(args.seed)
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir)
+    ref_policy = AutoModelForCausalLM.from_pretrained(policy_dir)
+    value_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    trainer = PPOTrainer(
+        args=config,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref_policy,
+        reward_model=reward_model,
+        value_model=value_model,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return 16 * args.updates / seconds, trainer.policy_model
+
+
+def inside(args) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    prompts = [[{"role": "user", "content": f"Tell me about {word}."}] for word in PROMPT_WORDS]
+    with tempfile.TemporaryDirectory(prefix="ppo-bench-") as tmp:
+        work = Path(tmp)
+        policy_dir, reward_dir, tokenizer = build_models(work)
+        reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+        initial = mean_score(
+            AutoModelForCausalLM.from_pretrained(policy_dir), reward_model, tokenizer, prompts, seed=1234
+        )
+
+        ours_eps, ours_dir = run_tandem(policy_dir, reward_dir, prompts, args, work)
+        ours_final = mean_score(
+            AutoModelForCausalLM.from_pretrained(ours_dir), reward_model, tokenizer, prompts, seed=1234
+        )
+        trl_eps, trl_policy = run_trl(policy_dir, reward_dir, prompts, args, work)
+        trl_final = mean_score(trl_policy, reward_model, tokenizer, prompts, seed=1234)
+
+    episodes = 16 * args.updates
+    print(f"\nPPO, tiny Llama (vocab 49152), {episodes} episodes, {args.threads} thread(s), seed {args.seed}")
+    print(f"{'':>10} {'episodes/s':>12} {'score gain':>12}   (initial mean score {initial:+.3f})")
+    print(f"{'tandem':>10} {ours_eps:12.2f} {ours_final - initial:+12.3f}")
+    print(f"{'trl 1.12':>10} {trl_eps:12.2f} {trl_final - initial:+12.3f}")
+    print(f"speed ratio tandem / trl: {ours_eps / trl_eps:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        sys.path.insert(0, str(ROOT))
+        inside(args)
+        return
+    python = ensure_trl_venv()
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    subprocess.run([str(python), __file__, "--inside", *sys.argv[1:]], check=True, env=env, cwd=ROOT)
+
+
+if __name__ == "__main__":
+    main()
