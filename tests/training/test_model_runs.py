@@ -145,7 +145,9 @@ def test_the_loop_trains_a_reward_model_then_ppo_and_publishes_the_policy(
     assert next_round.comparisons.count() == Prompt.objects.filter(project=project, split="eval").count()
 
 
-def test_ppo_resumes_from_its_last_saved_state(judged_round, project, eager):
+def test_ppo_resumes_from_its_last_saved_state(
+    judged_round, project, eager, django_capture_on_commit_callbacks
+):
     _, base = judged_round
     reward_run = _run(project, "reward_model", {"base_checkpoint_id": base.pk, "training": TINY_RM})
     train_reward_model(reward_run.pk)
@@ -184,7 +186,8 @@ def test_ppo_resumes_from_its_last_saved_state(judged_round, project, eager):
 
     from training.runs import run_retry
 
-    run_retry(run, train_ppo)  # eager: the retried task runs here
+    with django_capture_on_commit_callbacks(execute=True):
+        run_retry(run, train_ppo)  # eager: the retried task runs here once queued
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
     assert "Resuming PPO" in run.log_tail
