@@ -11,7 +11,9 @@ from tests.factories import make_project, make_round
 @pytest.fixture
 def round_with_lengths(db):
     project = make_project("Simulated", overlap=2)
-    return make_round(project, 6, texts=["A short answer.", "A much, much longer answer that rambles on and on."])
+    return make_round(
+        project, 6, texts=["A short answer.", "A much, much longer answer that rambles on and on."]
+    )
 
 
 def test_it_prefers_the_shorter_response_and_fills_every_comparison(round_with_lengths):

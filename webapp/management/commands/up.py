@@ -118,11 +118,7 @@ class Command(BaseCommand):
 
 
 def _demo_round_open(project, base):
-    """Open round 1 of the demo if the project has no round yet (None if rounds are not available)."""
-    if project.rounds.exists():
-        return None
-    try:
-        from training.rounds import demo_round_open
-    except ImportError:
-        return None
+    """Open round 1 of the demo on first start (None when the project already has rounds)."""
+    from training.rounds import demo_round_open
+
     return demo_round_open(project=project, checkpoint=base)
