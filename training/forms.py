@@ -85,7 +85,11 @@ class RewardModelLaunchForm(ProjectForm):
     learning_rate = _learning_rate(2e-5)
     batch_size = _positive_int(4, "Pairs per step (the model sees twice as many sequences).", max_value=1024)
     num_epochs = forms.FloatField(
-        initial=1.0, min_value=0.01, max_value=100, help_text="Passes over the training pairs."
+        label="Epochs",
+        initial=1.0,
+        min_value=0.01,
+        max_value=100,
+        help_text="Passes over the training pairs.",
     )
     max_steps = _positive_int(
         60, "Stop after this many steps (0: all epochs). 60 steps take a few minutes on a CPU.", min_value=0

@@ -19,6 +19,7 @@
     "policy/approxkl", "loss/policy", "loss/value", "response_length"];
 
   var charts = {}; // name -> {plot, xs, ys, figure}
+  window.tandemCharts = charts; // for the browser tests and the curious
   var cursor = 0;
   var stopped = false;
 
@@ -66,7 +67,7 @@
         ],
         series: [
           { label: "step" },
-          { label: name, stroke: color, width: 2, fill: color + "14", points: { show: true, size: 4 } },
+          { label: name, stroke: color, width: 2, fill: color + "14", points: { size: 5 } },
         ],
         cursor: { drag: { x: false, y: false } },
       },
@@ -94,8 +95,6 @@
           entry.ys.splice(at, 0, point[1]);
         }
       });
-      var many = entry.xs.length > 60;
-      entry.plot.series[1].points.show = !many;
       entry.plot.setData([entry.xs.slice(), entry.ys.slice()]);
     });
     var empty = root.querySelector(".dash-charts-empty");

@@ -210,7 +210,14 @@ def human_duration(delta: timedelta | None) -> str:
 
 def _live_context(run: TrainingRun) -> dict:
     lines = run.log_tail.splitlines()[-LOG_LINES:]
-    return {"run": run, "eta": human_duration(eta_of(run)), "log_lines": lines, "poll": run.is_active}
+    took = run.finished_at - run.started_at if run.finished_at and run.started_at else None
+    return {
+        "run": run,
+        "eta": human_duration(eta_of(run)),
+        "took": human_duration(took),
+        "log_lines": lines,
+        "poll": run.is_active,
+    }
 
 
 @admin_only
