@@ -1,0 +1,166 @@
+"""What scripts do with the API: filter and page lists, add prompts, launch runs, export and download."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from annotation.models import Judgment, Prompt
+from tests.api.conftest import token_client
+from training.models import Export, TrainingRun
+from training.snapshots import annotator_pseudonym
+
+pytestmark = pytest.mark.django_db
+
+
+def test_lists_are_paginated(world, researcher, monkeypatch):
+    from rest_framework.pagination import PageNumberPagination
+
+    # DRF reads PAGE_SIZE into the class when it is first imported, so patch the class.
+    monkeypatch.setattr(PageNumberPagination, "page_size", 3)
+    body = token_client(researcher).get("/api/judgments/").json()
+    assert body["count"] == 9 and len(body["results"]) == 3 and body["next"]
+
+
+def test_judgments_filter_and_show_pseudonyms(world, researcher, annotator):
+    client = token_client(researcher)
+    imported = client.get("/api/judgments/", {"source": "imported:tiny"}).json()
+    assert imported["count"] == 2 and all(j["annotator"] is None for j in imported["results"])
+    human = client.get("/api/judgments/", {"source": "human", "project": world["project"].pk}).json()
+    assert human["count"] == 7
+    alice = annotator_pseudonym(world["project"].pk, annotator.pk)
+    assert alice in {j["annotator"] for j in human["results"]}
+    assert "alice" not in str(human)
+    assert client.get("/api/judgments/", {"created_after": "2000-01-01"}).json()["count"] == 9
+    assert client.get("/api/judgments/", {"created_before": "2000-01-01"}).json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    "url, params",
+    [
+        ("/api/judgments/", {"project": "x"}),
+        ("/api/judgments/", {"created_after": "yesterday"}),
+        ("/api/rounds/", {"status": "sideways"}),
+        ("/api/comparisons/", {"is_gold": "maybe"}),
+        ("/api/prompts/", {"source": "a\x00b"}),
+    ],
+)
+def test_bad_filters_are_400(world, researcher, url, params):
+    assert token_client(researcher).get(url, params).status_code == 400
+
+
+def test_comparisons_show_their_responses(world, researcher):
+    body = token_client(researcher).get("/api/comparisons/", {"is_gold": "false"}).json()
+    kwise = [c for c in body["results"] if len(c["responses"]) == 3]
+    assert len(kwise) == 1 and [r["position"] for r in kwise[0]["responses"]] == [0, 1, 2]
+
+
+def test_admins_add_prompts(world, admin_user):
+    client = token_client(admin_user)
+    ok = client.post(
+        "/api/prompts/",
+        {
+            "project": world["project"].pk,
+            "conversation": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}],
+            "tags": ["api"],
+        },
+        format="json",
+    )
+    assert ok.status_code == 201, ok.json()
+    prompt = Prompt.objects.get(pk=ok.json()["id"])
+    assert prompt.conversation[-1] == {"role": "user", "content": "Hi?"} and prompt.source == "api"
+    bad = client.post(
+        "/api/prompts/",
+        {"project": world["project"].pk, "conversation": [{"role": "assistant", "content": "Hello"}]},
+        format="json",
+    )
+    assert bad.status_code == 400
+
+
+def test_admins_launch_runs(world, admin_user, no_queue):
+    response = token_client(admin_user).post(
+        "/api/runs/", {"project": world["project"].pk, "kind": "reward_model", "config": {}}, format="json"
+    )
+    assert response.status_code == 201
+    run = TrainingRun.objects.get(pk=response.json()["id"])
+    assert run.kind == "reward_model" and run.created_by == admin_user and run.status == "queued"
+    assert ("run", run.pk) in no_queue
+
+
+def test_a_launch_without_a_queue_is_503(world, admin_user, monkeypatch):
+    import training.runs
+
+    def down(run, task, **kwargs):
+        run.delete()
+        raise training.runs.QueueUnavailable("The task queue cannot be reached.")
+
+    monkeypatch.setattr(training.runs, "enqueue", down)
+    response = token_client(admin_user).post(
+        "/api/runs/", {"project": world["project"].pk, "kind": "ppo", "config": {}}, format="json"
+    )
+    assert response.status_code == 503
+    assert not TrainingRun.objects.filter(kind="ppo").exists()
+
+
+def test_researchers_export_then_download(world, researcher, no_queue, django_capture_on_commit_callbacks):
+    from training import tasks
+
+    client = token_client(researcher)
+    response = client.post(
+        "/api/exports/",
+        {
+            "project": world["project"].pk,
+            "format": "trl_conversational",
+            "filters": {"rounds": [1], "include_imported": False},
+            "licence": "cc-by-4.0",
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    export_id = response.json()["id"]
+    assert response.json()["status"] == "queued" and response.json()["download_url"] is None
+    assert client.get(f"/api/exports/{export_id}/download/").status_code == 404
+    tasks.export_build(export_id)
+    status = client.get(f"/api/exports/{export_id}/").json()
+    assert status["status"] == "succeeded" and status["rows"] == 4
+    assert status["progress_done"] == status["progress_total"] == 6
+    download = client.get(status["download_url"])
+    assert download.status_code == 200 and download["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(download.streaming_content)))
+    assert sorted(archive.namelist()) == ["README.md", "data/train.jsonl"]
+    assert Export.objects.get(pk=export_id).created_by == researcher
+
+
+def test_an_export_with_bad_filters_is_400(world, researcher):
+    response = token_client(researcher).post(
+        "/api/exports/",
+        {"project": world["project"].pk, "format": "parquet", "filters": {"min_agreement": 3}},
+        format="json",
+    )
+    assert response.status_code == 400 and "filters" in response.json()
+
+
+def test_the_schema_describes_every_resource(client):
+    schema = client.get("/api/schema/?format=json").json()
+    for resource in (
+        "projects",
+        "prompts",
+        "rounds",
+        "comparisons",
+        "judgments",
+        "checkpoints",
+        "runs",
+        "exports",
+    ):
+        assert f"/api/{resource}/" in schema["paths"]
+    assert "/api/exports/{id}/download/" in schema["paths"]
+    assert any("tokenAuth" in scheme for scheme in schema["components"]["securitySchemes"])
+
+
+def test_judgment_list_queries_do_not_grow(world, researcher, django_assert_max_num_queries):
+    client = token_client(researcher)
+    with django_assert_max_num_queries(8):
+        assert client.get("/api/judgments/").status_code == 200
+    assert Judgment.objects.count() == 9
