@@ -222,11 +222,11 @@ class LoopLaunchForm(ProjectForm):
     ppo_batch_size = _positive_int(8, "Responses per PPO update.", max_value=4096)
     kl_coef = forms.FloatField(initial=0.05, min_value=0.0, max_value=10.0, help_text="β of the KL penalty.")
     open_next_round = forms.BooleanField(
+        label="Publish the new checkpoint",
         required=False,
         initial=True,
-        help_text="When PPO is done, open a round: the new policy against its parent.",
+        help_text="When PPO is done, publish the new policy so the next round can compare it with its parent.",
     )
-    next_round_prompts = _positive_int(20, "Prompts in the next round.", max_value=100_000)
     seed = _positive_int(0, "Seed for every stage.", min_value=0, max_value=2**31 - 1)
 
     def clean(self):
@@ -261,7 +261,6 @@ class LoopLaunchForm(ProjectForm):
             },
             "pairs": {"weighting": "per_pair"},
             "open_next_round": d["open_next_round"],
-            "round": {"prompt_count": d["next_round_prompts"], "seed": d["seed"]},
         }
 
 

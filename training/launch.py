@@ -12,7 +12,7 @@ What each run's ``config`` holds (the task reads it back):
   "pairs": PairOptions fields}``
 - PPO: ``{"policy_checkpoint_id", "reward_model_id", "training": PPOConfig fields}``
 - full loop: ``{"base_checkpoint_id", "reward_model": {...}, "ppo": {...}, "pairs": {...},
-  "open_next_round": bool, "round": {...}}``
+  "open_next_round": bool}`` (the loop publishes its checkpoint when that is set)
 
 A launch either leaves a queued run behind or raises: ``QueueUnavailable`` when the
 broker cannot be reached (the run is deleted again), ``LaunchUnavailable`` when the

@@ -47,7 +47,8 @@ LAUNCH_BLURBS = {
     "then hand the comparisons to annotators.",
     "reward-model": "Fit a Bradley–Terry reward model to the project's judgments so far.",
     "ppo": "Improve a policy checkpoint with PPO against a reward model, kept close to where it started by a KL penalty.",
-    "loop": "Reward model, then PPO, then (optionally) a new round comparing the new policy with its parent.",
+    "loop": "Reward model on the judgments so far, then PPO against it; the new checkpoint is published "
+    "when you ask, ready for a round against its parent.",
 }
 
 
