@@ -19,6 +19,7 @@ other; ``include_imported=False`` leaves them out.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import itertools
@@ -31,7 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
 from annotation.models import AnnotatorProfile, ComparisonItem, Judgment, Project
 from training.ml.pairs import (
@@ -65,8 +66,13 @@ def annotator_pseudonym(project_id: int, user_id: int | None) -> str | None:
     """
     if user_id is None:
         return None
+    return _pseudonym(settings.SECRET_KEY, project_id, user_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pseudonym(secret: str, project_id: int, user_id: int) -> str:
     message = f"tandem-annotator:{project_id}:{user_id}".encode()
-    digest = hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
     return "a-" + digest[:PSEUDONYM_LENGTH]
 
 
@@ -221,65 +227,92 @@ def _str_ranking(ranking) -> list[list[str]]:
     return [[str(rid) for rid in group] for group in (ranking or [])]
 
 
-def judgment_queryset_for_rows(qs: QuerySet[Judgment]) -> QuerySet[Judgment]:
-    """``qs`` with everything :func:`judgment_rows` reads joined or prefetched (O(1) queries per chunk)."""
-    items = ComparisonItem.objects.select_related("response__checkpoint").order_by("position")
-    return qs.select_related("comparison__prompt", "comparison__round").prefetch_related(
-        Prefetch("comparison__items", queryset=items)
+JUDGMENT_FIELDS = (
+    "id",
+    "comparison_id",
+    "annotator_id",
+    "source",
+    "ranking",
+    "strength",
+    "is_tie",
+    "both_bad",
+    "rationale",
+    "criteria",
+    "order_shown",
+    "time_spent_ms",
+    "created_at",
+    "comparison__prompt_id",
+    "comparison__prompt__project_id",
+    "comparison__prompt__conversation",
+    "comparison__round__number",
+    "comparison__is_gold",
+    "comparison__gold_ranking",
+)
+
+
+def _items_of(comparison_ids: set[int]) -> dict[int, list[tuple]]:
+    """{comparison id: [(response id, position, text, checkpoint version), ...] by position}."""
+    items: dict[int, list[tuple]] = {}
+    rows = (
+        ComparisonItem.objects.filter(comparison_id__in=comparison_ids)
+        .order_by("comparison_id", "position")
+        .values_list(
+            "comparison_id", "response_id", "position", "response__text", "response__checkpoint__version"
+        )
     )
+    for comparison_id, *item in rows:
+        items.setdefault(comparison_id, []).append(tuple(item))
+    return items
 
 
-def judgment_row(j: Judgment) -> dict[str, Any]:
-    """One judgment as the plain dict ``training.ml.pairs.judgments_to_pairs`` reads, plus raw fields.
-
-    Keys for pairs: ``judgment_id, comparison_id, annotator, round, source, prompt_id,
-    prompt, responses, ranking, strength, both_bad, is_gold, gold_ranking, created_at``
-    (ids in rankings and ``responses`` keys are strings; ``round`` is the round number,
-    None for imported data). Raw extras: ``is_tie, rationale, criteria, order_shown,
-    time_spent_ms, positions`` (response id -> position in the comparison) and
-    ``checkpoints`` (response id -> checkpoint version, None when imported).
-    """
-    comparison = j.comparison
-    prompt = comparison.prompt
-    items = list(comparison.items.all())
+def _row(values: tuple, items: list[tuple]) -> dict[str, Any]:
+    (jid, cid, annotator_id, source, ranking, strength, is_tie, both_bad, rationale, criteria, order_shown,
+     time_spent_ms, created_at, prompt_id, project_id, conversation, round_number, is_gold, gold) = values  # fmt: skip
     return {
-        "judgment_id": j.pk,
-        "comparison_id": comparison.pk,
-        "annotator": annotator_pseudonym(prompt.project_id, j.annotator_id),
-        "round": comparison.round.number if comparison.round_id else None,
-        "source": j.source,
-        "prompt_id": prompt.pk,
-        "prompt": prompt.conversation,
-        "responses": {str(it.response_id): it.response.text for it in items},
-        "ranking": _str_ranking(j.ranking),
-        "strength": j.strength,
-        "is_tie": j.is_tie,
-        "both_bad": j.both_bad,
-        "is_gold": comparison.is_gold,
-        "gold_ranking": _str_ranking(comparison.gold_ranking)
-        if comparison.gold_ranking is not None
-        else None,
-        "created_at": j.created_at.isoformat(),
-        "rationale": j.rationale,
-        "criteria": j.criteria,
-        "order_shown": [str(rid) for rid in (j.order_shown or [])],
-        "time_spent_ms": j.time_spent_ms,
-        "positions": {str(it.response_id): it.position for it in items},
-        "checkpoints": {
-            str(it.response_id): (it.response.checkpoint.version if it.response.checkpoint_id else None)
-            for it in items
-        },
+        "judgment_id": jid,
+        "comparison_id": cid,
+        "annotator": annotator_pseudonym(project_id, annotator_id),
+        "round": round_number,
+        "source": source,
+        "prompt_id": prompt_id,
+        "prompt": conversation,
+        "responses": {str(rid): text for rid, _, text, _ in items},
+        "ranking": _str_ranking(ranking),
+        "strength": strength,
+        "is_tie": is_tie,
+        "both_bad": both_bad,
+        "is_gold": is_gold,
+        "gold_ranking": _str_ranking(gold) if gold is not None else None,
+        "created_at": created_at.isoformat(),
+        "rationale": rationale,
+        "criteria": criteria,
+        "order_shown": [str(rid) for rid in (order_shown or [])],
+        "time_spent_ms": time_spent_ms,
+        "positions": {str(rid): position for rid, position, _, _ in items},
+        "checkpoints": {str(rid): version for rid, _, _, version in items},
     }
 
 
 def judgment_rows(queryset: QuerySet[Judgment], *, chunk_size: int = CHUNK_SIZE) -> Iterator[dict[str, Any]]:
-    """Stream ``queryset`` as :func:`judgment_row` dicts, ``chunk_size`` judgments per fetch.
+    """Stream ``queryset`` as plain dicts, the shape ``training.ml.pairs.judgments_to_pairs`` reads.
 
-    On Postgres the rows come through a server-side cursor, so memory holds one chunk
-    whatever the size of the queryset.
+    Keys for pairs: ``judgment_id, comparison_id, annotator, round, source, prompt_id,
+    prompt, responses, ranking, strength, both_bad, is_gold, gold_ranking, created_at``
+    (ids in rankings and ``responses`` keys are strings; ``round`` is the round number,
+    None for imported data; ``annotator`` is :func:`annotator_pseudonym`). Raw extras:
+    ``is_tie, rationale, criteria, order_shown, time_spent_ms, positions`` (response id
+    -> position in the comparison) and ``checkpoints`` (response id -> checkpoint
+    version, None when imported).
+
+    Two queries per ``chunk_size`` judgments (the judgments through a server-side cursor
+    on Postgres, then their comparisons' responses), no model instances: memory holds
+    one chunk whatever the size of the queryset.
     """
-    for j in judgment_queryset_for_rows(queryset).iterator(chunk_size=chunk_size):
-        yield judgment_row(j)
+    values = queryset.values_list(*JUDGMENT_FIELDS).iterator(chunk_size=chunk_size)
+    while chunk := list(itertools.islice(values, chunk_size)):
+        items = _items_of({v[1] for v in chunk})
+        for v in chunk:
+            yield _row(v, items.get(v[1], []))
 
 
 def comparison_groups(rows: Iterable[dict]) -> Iterator[list[dict]]:
