@@ -19,7 +19,10 @@ Huang et al., "The N+ Implementation Details of RLHF with PPO" (2024):
 
 Nothing here imports Django. A Celery task calls :func:`train_ppo` (or :func:`resume_ppo`)
 with :class:`PPOHooks` to receive metrics, report progress and request cancellation; a
-multi-GPU run is launched with ``accelerate launch -m training.ml.ppo --config run.json``.
+multi-GPU run is launched with ``accelerate launch -m training.ml.ppo --config run.json``
+(on CPU-only machines ``ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m training.ml.ppo ...``
+runs DDP over gloo). Each process samples ``batch_size`` responses per update; metrics are
+averaged over processes and hooks run on the main process only.
 
 Shapes in docstrings: ``B`` sequences, ``P`` prompt tokens (left-padded), ``T`` response
 tokens (right-padded), ``V`` vocabulary size.
@@ -149,7 +152,7 @@ class PPOConfig:
         default=None,
         metadata={
             "help": "Checkpoint the value model starts from (a sequence-classification model); None: the "
-            "reward model, or the policy with a fresh scalar head when the reward is a function."
+            "reward model when the reward is a path, else the policy with a fresh scalar head."
         },
     )
     use_lora: bool = field(
@@ -990,6 +993,8 @@ def train_ppo(
 
     hooks = hooks or PPOHooks()
     config = config or PPOConfig()
+    if output_dir is not None and Path(output_dir).exists():  # fail now, not after hours of training
+        raise FileExistsError(f"{output_dir} already exists; checkpoints are never overwritten.")
     accelerator = accelerator or Accelerator()
     device = accelerator.device
     is_main = accelerator.is_main_process
@@ -1081,7 +1086,12 @@ def train_ppo(
                 reward_model=reward_model,
                 reward_fn=reward_fn,
                 device=device,
+                should_stop=stop_requested,
             )
+            if rollout is None:
+                return PPOResult(
+                    output_dir=None, updates_done=0, num_updates=num_updates, cancelled=True, history=[]
+                )
             raw.append(rollout.raw_scores)
         raw_scores = accelerator.gather(torch.cat(raw))
         score_mean = raw_scores.mean().item()
