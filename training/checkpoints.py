@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -105,3 +107,63 @@ def base_checkpoint_register(*, project: Project, source: str | None = None) -> 
         version=0,
         notes="Base model" + (f" from {source}" if source else ": SmolLM2-135M-Instruct (bundled)"),
     )
+
+
+@dataclass(frozen=True)
+class Publication:
+    published: bool  # False when the checkpoint already was published
+    round: object | None  # the round that compares it with its parent, when one was opened
+    no_round_reason: str = ""  # why no round was opened although one was wanted
+
+
+def checkpoint_publish(
+    *, checkpoint: Checkpoint, open_round: bool = True, round_config: dict | None = None
+) -> Publication:
+    """Publish a draft (or retired) checkpoint; a first publication opens the round that pits it
+    against its parent on the project's evaluation prompts (all prompts if it has none).
+
+    Raises QueueUnavailable when that round's generation cannot be queued: the
+    checkpoint stays published and no round is kept (open one from the dashboard).
+    """
+    was_draft = checkpoint.status == Checkpoint.Status.DRAFT
+    published = bool(
+        Checkpoint.objects.filter(pk=checkpoint.pk)
+        .exclude(status=Checkpoint.Status.PUBLISHED)
+        .update(status=Checkpoint.Status.PUBLISHED, published_at=timezone.now())
+    )
+    checkpoint.refresh_from_db()
+    if not (published and was_draft and open_round and checkpoint.parent_id):
+        return Publication(published=published, round=None)
+    from training.rounds import round_open
+
+    checkpoints = [checkpoint, checkpoint.parent]
+    try:
+        round = round_open(
+            project=checkpoint.project,
+            checkpoints=checkpoints,
+            config={"split": "eval", **(round_config or {})},
+        )
+    except ValidationError as exc:
+        if "prompts" not in getattr(exc, "error_dict", {}):
+            raise
+        try:
+            round = round_open(
+                project=checkpoint.project,
+                checkpoints=checkpoints,
+                config={**(round_config or {}), "split": "all"},
+            )
+        except ValidationError as again:
+            reason = "; ".join(message for messages in again.message_dict.values() for message in messages)
+            return Publication(published=True, round=None, no_round_reason=reason)
+    return Publication(published=True, round=round)
+
+
+def checkpoint_retire(*, checkpoint: Checkpoint) -> bool:
+    """Take a checkpoint out of future rounds (its responses and votes stay); False when already retired."""
+    retired = bool(
+        Checkpoint.objects.filter(pk=checkpoint.pk)
+        .exclude(status=Checkpoint.Status.RETIRED)
+        .update(status=Checkpoint.Status.RETIRED)
+    )
+    checkpoint.refresh_from_db()
+    return retired

@@ -9,11 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
-from django.utils import timezone
 
 from annotation.models import Prompt
-from training.checkpoints import checkpoint_register
+from training.checkpoints import checkpoint_publish, checkpoint_register
 from training.models import Checkpoint, RewardModel, TrainingRun
 from training.reward_models import run_base_checkpoint
 from training.runs import RunCancelled, RunReporter
@@ -97,33 +95,7 @@ def ppo_train(*, run: TrainingRun, reporter: RunReporter) -> Checkpoint:
     run.outputs = {**run.outputs, "checkpoint_id": checkpoint.pk, "version": checkpoint.version}
     reporter.log(f"Wrote {checkpoint} (draft) from {parent}.")
     if run.config.get("auto_publish"):
-        checkpoint_publish(checkpoint=checkpoint)
-        reporter.log(f"Published {checkpoint}; the next round compares it with {parent}.")
+        publication = checkpoint_publish(checkpoint=checkpoint)
+        if publication.round is not None:
+            reporter.log(f"Published {checkpoint}; round {publication.round.number} compares it with {parent}.")
     return checkpoint
-
-
-def checkpoint_publish(*, checkpoint: Checkpoint, open_round: bool = True, round_config: dict | None = None):
-    """Publish a draft and open the round that compares it with its parent on the evaluation prompts.
-
-    Returns the new Round (or None when there is no parent or ``open_round`` is off).
-    Raises QueueUnavailable from the round's generation (the checkpoint stays published,
-    the round is not kept: open it again from the dashboard).
-    """
-    with transaction.atomic():
-        updated = Checkpoint.objects.filter(pk=checkpoint.pk, status=Checkpoint.Status.DRAFT).update(
-            status=Checkpoint.Status.PUBLISHED, published_at=timezone.now()
-        )
-    checkpoint.refresh_from_db()
-    if not updated or not open_round or checkpoint.parent is None:
-        return None
-    from training.rounds import round_open
-
-    config = {"split": Prompt.Split.EVAL, **(round_config or {})}
-    return round_open(project=checkpoint.project, checkpoints=[checkpoint, checkpoint.parent], config=config)
-
-
-def checkpoint_retire(*, checkpoint: Checkpoint) -> None:
-    Checkpoint.objects.filter(pk=checkpoint.pk).exclude(status=Checkpoint.Status.RETIRED).update(
-        status=Checkpoint.Status.RETIRED
-    )
-    checkpoint.refresh_from_db()

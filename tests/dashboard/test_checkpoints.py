@@ -42,6 +42,20 @@ def test_it_publishes_and_retires_by_post(admin_client, project, child_checkpoin
     assert admin_client.get(reverse("dashboard-retire", args=[child_checkpoint.pk])).status_code == 405
 
 
+def test_publishing_a_draft_opens_the_round_against_its_parent(
+    admin_client, project, child_checkpoint, settings, django_capture_on_commit_callbacks
+):
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.CELERY_BROKER_URL = "memory://"  # queued, not run: the round stays generating
+    Prompt.objects.create(project=project, conversation=[{"role": "user", "content": "Hi?"}], split="eval")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = csrf_post(admin_client, reverse("dashboard-publish", args=[child_checkpoint.pk]), follow=True)
+    round = project.rounds.get()
+    assert set(round.checkpoints.all()) == {child_checkpoint, child_checkpoint.parent}
+    assert round.config["split"] == "eval"
+    assert f"round {round.number} compares it with its parent" in str(list(response.context["messages"]))
+
+
 def test_it_shows_two_checkpoints_answers_to_the_same_prompts(
     admin_client, project, base_checkpoint, child_checkpoint
 ):

@@ -1,30 +1,10 @@
-"""Writes the dashboard makes besides launching runs: publish and retire checkpoints, manage annotators."""
+"""Writes the dashboard makes besides launching runs and publishing checkpoints: manage annotators."""
 
 from __future__ import annotations
 
 from django.db import transaction
-from django.utils import timezone
 
 from annotation.models import AnnotatorProfile
-from training.models import Checkpoint
-
-
-def checkpoint_publish(*, checkpoint: Checkpoint) -> bool:
-    """Make a draft (or retired) checkpoint available to rounds; False when it already was."""
-    return bool(
-        Checkpoint.objects.filter(pk=checkpoint.pk)
-        .exclude(status=Checkpoint.Status.PUBLISHED)
-        .update(status=Checkpoint.Status.PUBLISHED, published_at=timezone.now())
-    )
-
-
-def checkpoint_retire(*, checkpoint: Checkpoint) -> bool:
-    """Take a checkpoint out of future rounds (its responses and votes stay); False when already retired."""
-    return bool(
-        Checkpoint.objects.filter(pk=checkpoint.pk)
-        .exclude(status=Checkpoint.Status.RETIRED)
-        .update(status=Checkpoint.Status.RETIRED)
-    )
 
 
 @transaction.atomic

@@ -22,12 +22,13 @@ from django.views.decorators.http import require_GET, require_POST
 from annotation.models import Project, Prompt, Response
 from training import launch as launching
 from training import quality
+from training.checkpoints import checkpoint_publish, checkpoint_retire
 from training.dashboard import actions
 from training.dashboard.overview import project_summaries
 from training.forms import LAUNCH_FORMS
 from training.leaderboard_data import leaderboard_for
 from training.models import Checkpoint, Metric, TrainingRun
-from training.runs import run_cancel
+from training.runs import QueueUnavailable, run_cancel
 from webapp.roles import ADMIN, role_required
 
 admin_only = role_required(ADMIN)
@@ -348,8 +349,20 @@ def checkpoints(request: HttpRequest, project_id: int) -> HttpResponse:
 @require_POST
 def checkpoint_publish_view(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = get_object_or_404(Checkpoint.objects.select_related("project"), pk=checkpoint_id)
-    if actions.checkpoint_publish(checkpoint=checkpoint):
-        messages.success(request, f"{checkpoint} is published: new rounds can compare it.")
+    try:
+        publication = checkpoint_publish(checkpoint=checkpoint)
+    except QueueUnavailable as exc:
+        messages.error(request, f"{checkpoint} is published, but its comparison round was not opened: {exc}")
+    else:
+        if publication.round is not None:
+            messages.success(
+                request,
+                f"{checkpoint} is published; round {publication.round.number} compares it with its parent.",
+            )
+        elif publication.published:
+            messages.success(request, f"{checkpoint} is published: new rounds can compare it.")
+            if publication.no_round_reason:
+                messages.warning(request, f"No comparison round was opened: {publication.no_round_reason}")
     return redirect(_next_or(request, f"/dashboard/projects/{checkpoint.project_id}/checkpoints/"))
 
 
@@ -357,7 +370,7 @@ def checkpoint_publish_view(request: HttpRequest, checkpoint_id: int) -> HttpRes
 @require_POST
 def checkpoint_retire_view(request: HttpRequest, checkpoint_id: int) -> HttpResponse:
     checkpoint = get_object_or_404(Checkpoint.objects.select_related("project"), pk=checkpoint_id)
-    if actions.checkpoint_retire(checkpoint=checkpoint):
+    if checkpoint_retire(checkpoint=checkpoint):
         messages.success(request, f"{checkpoint} is retired: it stays on record but joins no new round.")
     return redirect(_next_or(request, f"/dashboard/projects/{checkpoint.project_id}/checkpoints/"))
 
