@@ -37,6 +37,16 @@ def _requests(prompts=PROMPTS, seed_offset=0):
     ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny model's matmuls are too small to gain from threads, and on a busy machine two
+    # torch threads waiting on each other every op make a sub-second test take tens of seconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_checkpoint):
     return load_model(tiny_checkpoint, device="cpu")
