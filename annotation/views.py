@@ -132,14 +132,19 @@ def edit(request: HttpRequest, judgment_id: int) -> HttpResponse:
     if request.method == "GET":
         form = JudgmentForm(project=project, response_ids=_response_ids(comparison))
         form.initial = initial_from_judgment(judgment, project)
-        return _render_comparison(request, comparison, form=form, judgment=judgment)
+        editable = judgment in judgments_editable_by(request.user, comparison.round)
+        refusal = "" if editable else "Only your last few judgments in an open round can be edited."
+        return _render_comparison(request, comparison, form=form, judgment=judgment, refusal=refusal)
     form = JudgmentForm(request.POST, project=project, response_ids=_response_ids(comparison))
     if form.is_valid() and form.cleaned_data["order"] == judgment.order_shown:
         try:
             judgment_update(judgment=judgment, answer=form.answer(), time_spent_ms=form.time_spent())
         except EditRefused as refused:
             return _render_comparison(request, comparison, form=form, judgment=judgment, refusal=str(refused))
-        return _after_action(request, comparison.round, "Your judgment was updated.")
+        response = _after_action(request, comparison.round, "Your judgment was updated.")
+        if request.htmx:  # back on the round's page: a reload must not reopen the edit
+            response["HX-Push-Url"] = reverse("annotate-round", args=[comparison.round_id])
+        return response
     return _render_comparison(request, comparison, form=form, judgment=judgment)
 
 

@@ -365,6 +365,7 @@
     resetTimer();
     renderStrip();
     focusMain();
+    document.body.dataset.annotReady = "1"; // keys are live from here on (tests wait for it)
   }
   document.addEventListener("DOMContentLoaded", init);
   // htmx fires "htmx:load" on every element it swaps in; the new #work is one of them.

@@ -289,3 +289,23 @@ def test_it_records_a_binary_choice_without_strength(annotator):
     _post(client, reverse("annotate-judge", args=[lease.comparison_id]), _answer(lease, choice="b"))
     judgment = Judgment.objects.get()
     assert judgment.ranking == [[lease.order[1]], [lease.order[0]]] and judgment.strength is None
+
+
+def test_it_says_when_a_judgment_is_too_old_to_edit(annotator, project):
+    from annotation.judgments import EDITABLE_RECENT
+
+    round = make_round(project, EDITABLE_RECENT + 1)
+    client = _client(annotator)
+    for _ in range(EDITABLE_RECENT + 1):
+        client.get(reverse("annotate-round", args=[round.pk]))
+        lease = Lease.objects.get(annotator=annotator)
+        _post(client, reverse("annotate-judge", args=[lease.comparison_id]), _answer(lease))
+    oldest, newest = (
+        Judgment.objects.order_by("created_at", "pk")[0],
+        Judgment.objects.order_by("-created_at", "-pk")[0],
+    )
+    assert b"Only your last few" in client.get(reverse("annotate-edit", args=[oldest.pk])).content
+    assert b"Only your last few" not in client.get(reverse("annotate-edit", args=[newest.pk])).content
+    data = _answer(lease, choice="tie")
+    response = _post(client, reverse("annotate-edit", args=[newest.pk]), data, htmx=True)
+    assert response["HX-Push-Url"] == reverse("annotate-round", args=[round.pk])

@@ -79,6 +79,11 @@ def _log_in(page, live_server, user):
     page.wait_for_url(f"{live_server.url}/annotate/")
 
 
+def _wait_ready(page) -> None:
+    """The page's script has run: keys do something from now on."""
+    page.wait_for_selector("body[data-annot-ready]", state="attached")
+
+
 def _current_order(page) -> list[int]:
     return [int(x) for x in page.input_value("#judge-form input[name=order]").split(",")]
 
@@ -130,7 +135,7 @@ def test_it_completes_pairwise_and_kwise_comparisons_with_the_keyboard_only(page
     _log_in(page, live_server, annotator)
     page.keyboard.press("Enter")  # the first open round's Start link has focus
     page.wait_for_url(f"{live_server.url}/annotate/round/{pairwise_round.pk}/")
-    page.wait_for_selector("#judge-form")
+    _wait_ready(page)
     assert _focused_id(page) == "cmp"
 
     # 1: A much better, with a rationale typed after pressing r.
@@ -192,6 +197,7 @@ def test_it_completes_pairwise_and_kwise_comparisons_with_the_keyboard_only(page
     page.keyboard.press("Enter")
     page.wait_for_url(f"{live_server.url}/annotate/")
     page.keyboard.press("Enter")  # the K-wise round is now the first open one
+    _wait_ready(page)
     page.wait_for_selector("#rank-strip li")
     order = _current_order(page)
     assert page.evaluate("document.activeElement.dataset.letter") == "A"
@@ -216,6 +222,7 @@ def test_it_ranks_by_drag_and_drop(page, live_server, annotator):
     make_round(kwise, 1, texts=KWISE_TEXTS[:3])
     _log_in(page, live_server, annotator)
     page.keyboard.press("Enter")
+    _wait_ready(page)
     page.wait_for_selector("#rank-strip li")
     order = _current_order(page)
     # Drag C to the front of the strip: the strip's order becomes the ranking C, A, B.
@@ -236,7 +243,7 @@ def test_it_renders_hostile_content_inert(page, live_server, annotator):
     )
     _log_in(page, live_server, annotator)
     page.keyboard.press("Enter")
-    page.wait_for_selector("#judge-form")
+    _wait_ready(page)
     page.keyboard.press("g")
     page.get_by_text("click me", exact=False).first.click()  # plain text now, not a link
     page.wait_for_timeout(300)
@@ -261,7 +268,7 @@ def test_it_records_one_judgment_for_a_double_submit(page, live_server, annotato
     make_round(project, 2)
     _log_in(page, live_server, annotator)
     page.keyboard.press("Enter")
-    page.wait_for_selector("#judge-form")
+    _wait_ready(page)
 
     # A double click on the submit button.
     page.keyboard.press("2")
@@ -301,7 +308,7 @@ def test_it_skips_with_the_keyboard_and_stacks_responses_on_a_narrow_screen(page
     page.set_viewport_size({"width": 420, "height": 900})
     _log_in(page, live_server, annotator)
     page.keyboard.press("Enter")
-    page.wait_for_selector("#judge-form")
+    _wait_ready(page)
     boxes = [page.locator(".annot-response").nth(i).bounding_box() for i in range(2)]
     assert boxes[1]["y"] >= boxes[0]["y"] + boxes[0]["height"]  # B below A, not beside it
     page.screenshot(path=str(_screenshot_path("pairwise-narrow.png")), full_page=True)
