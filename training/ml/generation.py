@@ -179,8 +179,7 @@ def encode_prompts(tokenizer, conversations: Sequence[list[dict[str, str]]]) -> 
     where generation continues.
     """
     texts = [_prompt_text(tokenizer, conversation) for conversation in conversations]
-    tokenizer.padding_side = "left"
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
