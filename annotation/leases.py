@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from annotation.models import Comparison, ComparisonItem, Judgment, Lease, Project, Round, Skip
@@ -56,15 +55,19 @@ def rounds_open_to(annotator) -> QuerySet[Round]:
 # --- the pool ------------------------------------------------------------------------------
 
 
-def _live_lease_count(now: datetime):
-    live = (
-        Lease.objects.filter(comparison=OuterRef("pk"), expires_at__gt=now)
-        .order_by()
-        .values("comparison")
-        .annotate(n=Count("pk"))
-        .values("n")
+def _filled_by_live_leases(round: Round, now: datetime) -> QuerySet:
+    """Ids of the round's comparisons whose judgments plus live leases already reach the overlap.
+
+    Uncorrelated on purpose: Postgres computes it once (only comparisons someone holds
+    right now, a set the size of the active crowd) instead of once per candidate row.
+    """
+    return (
+        Lease.objects.filter(comparison__round=round, expires_at__gt=now)
+        .values("comparison_id", "comparison__judgment_count")
+        .annotate(live=Count("pk"))
+        .filter(live__gte=round.project.overlap - F("comparison__judgment_count"))
+        .values("comparison_id")
     )
-    return Coalesce(Subquery(live, output_field=IntegerField()), Value(0))
 
 
 def _not_yet_seen_by(annotator) -> Q:
@@ -77,12 +80,10 @@ def _not_yet_seen_by(annotator) -> Q:
 
 
 def _claimable(annotator, round: Round, now: datetime) -> QuerySet[Comparison]:
-    overlap = round.project.overlap
     return (
-        Comparison.objects.filter(round=round, judgment_count__lt=overlap)
+        Comparison.objects.filter(round=round, judgment_count__lt=round.project.overlap)
         .filter(_not_yet_seen_by(annotator))
-        .alias(live=_live_lease_count(now))
-        .filter(live__lt=overlap - F("judgment_count"))
+        .exclude(pk__in=_filled_by_live_leases(round, now))
     )
 
 
