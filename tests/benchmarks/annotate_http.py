@@ -54,6 +54,7 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
     from django.contrib.auth.models import Group
     from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
+    from django.db import connection
 
     from annotation.models import Comparison, ComparisonItem, Project, Prompt, Response, Round
     from training.models import Checkpoint
@@ -89,6 +90,8 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
         get_user_model()(username=f"bench-{i}", password="!") for i in range(n_users)
     )
     group.user_set.add(*users)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")  # as autovacuum would shortly after a round opens
     # Log everyone in up front: a password check costs ~0.5 s of CPU by design, which
     # would otherwise swamp the first seconds of every mode.
     sessions = []
