@@ -1,6 +1,6 @@
 """Benchmark: Tandem's PPO against TRL 1.12's PPOTrainer, same models, prompts, reward model, settings.
 
-    .venv/bin/python tests/benchmarks/ppo_vs_trl.py [--updates 10] [--threads 1]
+    .venv/bin/python tests/benchmarks/ppo_vs_trl.py [--updates 20] [--seeds 0 1 2] [--threads 1]
 
 TRL removed PPOTrainer after 1.12, so the baseline needs trl==1.12.0, never a project
 dependency. The script makes a throwaway venv (``/tmp/tandem-trl112-venv``) that sees this
@@ -18,7 +18,9 @@ reward normalisation (TRL has none).
 
 Printed: episodes/s of the training loop (rollouts + updates; model loading excluded), and
 the gain in mean raw reward-model score of the final policy over the initial one, both
-measured with one shared evaluation (64 samples at temperature 0.7), plus the ratio.
+measured with one shared evaluation (128 samples at temperature 0.7), per seed and
+averaged over seeds (single runs are noisy: a random reward head gives scores with std ~2), plus
+the speed ratio.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def build_models(work: Path):
     return policy_dir, reward_dir, tokenizer
 
 
-def mean_score(policy, reward_model, tokenizer, prompts, *, seed: int, samples_per_prompt: int = 4) -> float:
+def mean_score(policy, reward_model, tokenizer, prompts, *, seed: int, samples_per_prompt: int = 8) -> float:
     """Mean raw reward-model score of responses sampled from ``policy`` (temperature 0.7, 16 tokens)."""
     import torch
 
@@ -215,12 +217,15 @@ def run_trl(policy_dir, reward_dir, prompts, args, work: Path):
 
 
 def inside(args) -> None:
+    import statistics
+
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     prompts = [[{"role": "user", "content": f"Tell me about {word}."}] for word in PROMPT_WORDS]
+    rows = []
     with tempfile.TemporaryDirectory(prefix="ppo-bench-") as tmp:
         work = Path(tmp)
         policy_dir, reward_dir, tokenizer = build_models(work)
@@ -228,29 +233,51 @@ def inside(args) -> None:
         initial = mean_score(
             AutoModelForCausalLM.from_pretrained(policy_dir), reward_model, tokenizer, prompts, seed=1234
         )
+        for seed in args.seeds:
+            args.seed = seed
+            seed_dir = work / f"seed-{seed}"
+            seed_dir.mkdir()
+            ours_eps, ours_dir = run_tandem(policy_dir, reward_dir, prompts, args, seed_dir)
+            ours_gain = (
+                mean_score(
+                    AutoModelForCausalLM.from_pretrained(ours_dir),
+                    reward_model,
+                    tokenizer,
+                    prompts,
+                    seed=1234,
+                )
+                - initial
+            )
+            trl_eps, trl_policy = run_trl(policy_dir, reward_dir, prompts, args, seed_dir)
+            trl_gain = mean_score(trl_policy, reward_model, tokenizer, prompts, seed=1234) - initial
+            rows.append((seed, ours_eps, ours_gain, trl_eps, trl_gain))
+            print(
+                f"seed {seed}: tandem {ours_eps:.2f} ep/s gain {ours_gain:+.3f} | "
+                f"trl {trl_eps:.2f} ep/s gain {trl_gain:+.3f}",
+                flush=True,
+            )
 
-        ours_eps, ours_dir = run_tandem(policy_dir, reward_dir, prompts, args, work)
-        ours_final = mean_score(
-            AutoModelForCausalLM.from_pretrained(ours_dir), reward_model, tokenizer, prompts, seed=1234
-        )
-        trl_eps, trl_policy = run_trl(policy_dir, reward_dir, prompts, args, work)
-        trl_final = mean_score(trl_policy, reward_model, tokenizer, prompts, seed=1234)
+    def mean(i):
+        return statistics.mean(row[i] for row in rows)
 
     episodes = 16 * args.updates
-    print(f"\nPPO, tiny Llama (vocab 49152), {episodes} episodes, {args.threads} thread(s), seed {args.seed}")
-    print(f"{'':>10} {'episodes/s':>12} {'score gain':>12}   (initial mean score {initial:+.3f})")
-    print(f"{'tandem':>10} {ours_eps:12.2f} {ours_final - initial:+12.3f}")
-    print(f"{'trl 1.12':>10} {trl_eps:12.2f} {trl_final - initial:+12.3f}")
-    print(f"speed ratio tandem / trl: {ours_eps / trl_eps:.2f}x")
+    print(
+        f"\nPPO, tiny Llama (vocab 49152), {episodes} episodes per run, seeds {args.seeds}, "
+        f"{args.threads} thread(s); initial mean score {initial:+.3f}"
+    )
+    print(f"{'':>10} {'episodes/s':>12} {'score gain':>12}   (means over seeds)")
+    print(f"{'tandem':>10} {mean(1):12.2f} {mean(2):+12.3f}")
+    print(f"{'trl 1.12':>10} {mean(3):12.2f} {mean(4):+12.3f}")
+    print(f"speed ratio tandem / trl: {mean(1) / mean(3):.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
