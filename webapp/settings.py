@@ -138,7 +138,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# Embedded mode serves static files from the finders and collects nothing;
+# a deployment collects them (docker/web.Dockerfile) and WhiteNoise serves the result.
+STATIC_ROOT = env_str("STATIC_ROOT") or (None if DEBUG else str(BASE_DIR / "staticfiles"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
