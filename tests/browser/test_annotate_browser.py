@@ -192,6 +192,8 @@ def test_it_completes_pairwise_and_kwise_comparisons_with_the_keyboard_only(page
     assert all(j.time_spent_ms is not None and j.time_spent_ms > 0 for j in judgments.values())
 
     # K-wise: back to the list with the keyboard, then rank four responses.
+    # The swapped-in "nothing left" card takes focus first; Tab from there.
+    page.wait_for_function("() => document.activeElement?.classList.contains('annot-empty')")
     page.keyboard.press("Tab")  # "Check again"
     page.keyboard.press("Tab")  # "All rounds"
     page.keyboard.press("Enter")
