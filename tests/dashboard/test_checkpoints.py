@@ -49,7 +49,9 @@ def test_publishing_a_draft_opens_the_round_against_its_parent(
     settings.CELERY_BROKER_URL = "memory://"  # queued, not run: the round stays generating
     Prompt.objects.create(project=project, conversation=[{"role": "user", "content": "Hi?"}], split="eval")
     with django_capture_on_commit_callbacks(execute=True):
-        response = csrf_post(admin_client, reverse("dashboard-publish", args=[child_checkpoint.pk]), follow=True)
+        response = csrf_post(
+            admin_client, reverse("dashboard-publish", args=[child_checkpoint.pk]), follow=True
+        )
     round = project.rounds.get()
     assert set(round.checkpoints.all()) == {child_checkpoint, child_checkpoint.parent}
     assert round.config["split"] == "eval"

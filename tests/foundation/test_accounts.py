@@ -35,7 +35,9 @@ def test_it_logs_a_user_in_and_out_with_csrf(annotator):
     browser = Client(enforce_csrf_checks=True)
     page = browser.get("/login/")
     token = page.cookies["csrftoken"].value
-    response = browser.post("/login/", {"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": token})
+    response = browser.post(
+        "/login/", {"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": token}
+    )
     assert response.status_code == 302
     assert browser.get("/").wsgi_request.user.username == "alice"
     token = browser.cookies["csrftoken"].value

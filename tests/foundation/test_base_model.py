@@ -43,8 +43,10 @@ def test_it_converts_the_bundled_smollm2_into_a_trainable_checkpoint(project, se
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     inputs = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tokenizer.decode(output[0, inputs["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(output[0, inputs["input_ids"].shape[1] :])
     shutil.rmtree(tmp_path / "base")

@@ -17,8 +17,10 @@ def comparison(project):
     b = Response.objects.create(prompt=prompt, text="Hi there.")
     comparison = Comparison.objects.create(prompt=prompt)
     ComparisonItem.objects.bulk_create(
-        [ComparisonItem(comparison=comparison, response=a, position=0),
-         ComparisonItem(comparison=comparison, response=b, position=1)]
+        [
+            ComparisonItem(comparison=comparison, response=a, position=0),
+            ComparisonItem(comparison=comparison, response=b, position=1),
+        ]
     )
     return comparison
 
@@ -30,7 +32,9 @@ def _rejected(fn):
 
 def test_it_allows_one_judgment_per_comparison_and_annotator(comparison, annotator):
     Judgment.objects.create(comparison=comparison, annotator=annotator, ranking=[["1"], ["2"]])
-    _rejected(lambda: Judgment.objects.create(comparison=comparison, annotator=annotator, ranking=[["2"], ["1"]]))
+    _rejected(
+        lambda: Judgment.objects.create(comparison=comparison, annotator=annotator, ranking=[["2"], ["1"]])
+    )
 
 
 def test_it_requires_an_annotator_unless_the_judgment_is_imported(comparison):
@@ -76,7 +80,12 @@ def test_it_keeps_checkpoint_versions_unique_per_project(project):
 
 @pytest.mark.parametrize(
     "fields",
-    [{"k": 7, "comparison_mode": "kwise"}, {"k": 3, "comparison_mode": "pairwise"}, {"overlap": 0}, {"gold_rate": 1.5}],
+    [
+        {"k": 7, "comparison_mode": "kwise"},
+        {"k": 3, "comparison_mode": "pairwise"},
+        {"overlap": 0},
+        {"gold_rate": 1.5},
+    ],
 )
 def test_it_rejects_impossible_project_settings(fields, db):
     _rejected(lambda: Project.objects.create(name="Bad", **fields))

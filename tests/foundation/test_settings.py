@@ -18,7 +18,9 @@ SETTINGS_VARS = ("DEBUG", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "AL
 def _python(code: str, tmp_path: Path, **env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS and not k.startswith("CELERY_")}
     clean.update(TANDEM_VAR_DIR=str(tmp_path / "var"), DJANGO_SETTINGS_MODULE="webapp.settings", **env)
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=clean, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=clean, capture_output=True, text=True, timeout=120
+    )
 
 
 READ_SETTINGS = """
@@ -97,7 +99,13 @@ def test_it_rejects_a_malformed_boolean(monkeypatch):
 
 def test_it_parses_database_urls():
     pg = database_from_url("postgres://u:p%2Fw@host:5433/name?sslmode=require")
-    assert (pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"], pg["NAME"]) == ("u", "p/w", "host", "5433", "name")
+    assert (pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"], pg["NAME"]) == (
+        "u",
+        "p/w",
+        "host",
+        "5433",
+        "name",
+    )
     assert pg["OPTIONS"] == {"sslmode": "require"}
     assert database_from_url("sqlite:////tmp/x.sqlite3")["NAME"] == "/tmp/x.sqlite3"
     with pytest.raises(ImproperlyConfigured, match="mysql"):

@@ -31,7 +31,11 @@ def tandem_up(tmp_path, tiny_checkpoint):
     env.update(TANDEM_VAR_DIR=str(tmp_path / "var"), BASE_MODEL=str(tiny_checkpoint), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [sys.executable, "manage.py", "up", "--bind", f"127.0.0.1:{port}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     lines: list[str] = []
@@ -73,7 +77,8 @@ def test_it_brings_up_web_and_worker_and_the_demo_accounts_log_in(tandem_up):
             page = browser.get("/login/")
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
             response = browser.post(
-                "/login/", data={"username": username, "password": accounts[username], "csrfmiddlewaretoken": token}
+                "/login/",
+                data={"username": username, "password": accounts[username], "csrfmiddlewaretoken": token},
             )
             assert response.status_code == 302, f"{username} could not log in"
 

@@ -12,7 +12,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="Project name.")
-        parser.add_argument("--from", dest="source", help="A Hugging Face model directory or a GGUF file instead.")
+        parser.add_argument(
+            "--from", dest="source", help="A Hugging Face model directory or a GGUF file instead."
+        )
 
     def handle(self, *args, project, source, **options):
         from training.ml.checkpoints import CheckpointNotFound
