@@ -98,3 +98,28 @@ def project(db):
     from annotation.models import Project
 
     return Project.objects.create(name="Helpful assistant", guidelines="Prefer the **more helpful** answer.")
+
+
+# --- Real Chromium (Debian's package, driven by Playwright; never a downloaded browser) ---
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = TEST_CACHE / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

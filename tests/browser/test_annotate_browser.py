@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from annotation.models import Judgment, Lease
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, SCREENSHOTS
 from tests.factories import make_project, make_round
 
 # Playwright's sync API runs an event loop in this thread; Django's ORM calls from the
@@ -17,17 +17,6 @@ os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 
 PAIRWISE_TEXTS = [
     "Use a list comprehension:\n\n```python\nsquares = [n * n for n in range(10)]\n```\n\nIt is short and **fast**.",
@@ -47,16 +36,6 @@ HOSTILE = (
     "[click me](javascript:window.__pwned=3;alert('link'))\n\n"
     '<a href="javascript:alert(4)" onclick="alert(5)">raw link</a>'
 )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
