@@ -35,6 +35,7 @@ def reward_model_dir(run: TrainingRun) -> Path:
 def reward_model_train(*, run: TrainingRun, reporter: RunReporter) -> RewardModel:
     """Snapshot → train → evaluate → RewardModel row. Re-running after a crash starts training over
     (a reward model is minutes to hours, not days) but never writes over a finished model."""
+    from training.distributed import process_count
     from training.ml.checkpoints import is_complete_checkpoint
     from training.ml.pairs import read_snapshot_jsonl, snapshot_metadata, split_by_prompt
     from training.ml.reward import RewardModelConfig, TrainingHooks, evaluate_reward_model, train_reward_model
@@ -63,10 +64,16 @@ def reward_model_train(*, run: TrainingRun, reporter: RunReporter) -> RewardMode
     )
 
     out_dir = reward_model_dir(run)
+    metadata = {"snapshot": snapshot.sha256, "run": run.pk, **snapshot_metadata(rows)}
     if is_complete_checkpoint(out_dir):
         reporter.stage("Evaluating the model a previous attempt finished")
         evaluation = evaluate_reward_model(out_dir, eval_rows, max_length=config.max_length)
         results = {"eval": evaluation, "train": {}, "status": "completed"}
+    elif (num_processes := process_count(run.config)) > 1:
+        reporter.stage(f"Training from {base} in {num_processes} processes")
+        results = _train_in_processes(
+            run, reporter, train_rows, eval_rows, base, out_dir, config, metadata, num_processes
+        )
     else:
         reporter.stage(f"Training from {base}")
         hooks = TrainingHooks(
@@ -75,16 +82,58 @@ def reward_model_train(*, run: TrainingRun, reporter: RunReporter) -> RewardMode
             should_stop=reporter.should_stop,
         )
         results = train_reward_model(
-            train_rows,
-            eval_rows,
-            base.uri,
-            out_dir,
-            config,
-            hooks,
-            metadata={"snapshot": snapshot.sha256, "run": run.pk, **snapshot_metadata(rows)},
+            train_rows, eval_rows, base.uri, out_dir, config, hooks, metadata=metadata
         )
-        if results["status"] == "cancelled":
-            raise RunCancelled
+    if results["status"] == "cancelled":
+        raise RunCancelled
+    return _reward_model_record(run, reporter, base=base, snapshot=snapshot, out_dir=out_dir, results=results)
+
+
+def _train_in_processes(
+    run: TrainingRun,
+    reporter: RunReporter,
+    train_rows,
+    eval_rows,
+    base,
+    out_dir,
+    config,
+    metadata,
+    num_processes,
+) -> dict:
+    """``train_reward_model`` in ``num_processes`` processes via ``accelerate launch``, same inputs and results."""
+    from dataclasses import asdict
+
+    from training.distributed import launch_dir, launch_processes
+    from training.ml.pairs import write_snapshot_jsonl
+
+    work_dir = launch_dir(run)
+    write_snapshot_jsonl(train_rows, work_dir / "train.jsonl")
+    write_snapshot_jsonl(eval_rows, work_dir / "eval.jsonl")
+    results = launch_processes(
+        module="training.ml.reward",
+        config={
+            "train_pairs": str(work_dir / "train.jsonl"),
+            "eval_pairs": str(work_dir / "eval.jsonl") if eval_rows else None,
+            "base_checkpoint": base.uri,
+            "out_dir": str(out_dir),
+            "reward": asdict(config),
+            "metadata": metadata,
+        },
+        work_dir=work_dir,
+        reporter=reporter,
+        num_processes=num_processes,
+        accelerate_config=run.config.get("accelerate_config"),
+    )
+    if "status" not in results:
+        raise RuntimeError(f"The training processes exited without writing their results ({work_dir}).")
+    run.outputs = {**run.outputs, "num_processes": num_processes}
+    return results
+
+
+def _reward_model_record(
+    run: TrainingRun, reporter: RunReporter, *, base: Checkpoint, snapshot, out_dir: Path, results: dict
+) -> RewardModel:
+    """The RewardModel row for a trained (or previously finished) model, however it was trained."""
     evaluation = results["eval"] or {}
     reward_model = RewardModel.objects.create(
         project=run.project,
