@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +36,9 @@ from training.runs import RunCancelled, RunReporter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_TAIL_LINES = 15
+ERROR_SEARCH_LINES = 400
+# "ValueError: ...", "[rank1]: torch.OutOfMemoryError: ...": what a rank's traceback ends with.
+EXCEPTION_LINE = re.compile(r"^(\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)):\s*(.*)$")
 # After the stop file appears the processes finish their micro-batch and exit; past this
 # they are killed (a rank stuck in a collective never reads the file).
 STOP_GRACE_SECONDS = 60.0
@@ -138,6 +142,15 @@ def _report(reporter: RunReporter, line: str, stage: str) -> None:
         reporter.progress(int(record["step"]), int(record["total"]), stage)
 
 
+def _first_error(lines: list[str]) -> str:
+    """The first exception a rank raised (the launcher's own ChildFailedError comes after it)."""
+    for line in lines:
+        match = EXCEPTION_LINE.match(line.strip())
+        if match and not match.group(2).endswith("ChildFailedError"):
+            return f"{match.group(2)}: {match.group(4)}".strip().rstrip(":")
+    return "see the output below"
+
+
 def _end_group(process: subprocess.Popen, grace: float) -> None:
     """SIGTERM the process group, then SIGKILL it if it is still there after ``grace`` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
@@ -205,7 +218,7 @@ def launch_processes(
     reporter.flush()
 
     metrics, output = _Tail(metrics_path), _Tail(output_path)
-    tail: list[str] = []
+    tail: list[str] = []  # the last lines of output, for the error message
     stop_requested_at: float | None = None
     last_heartbeat = time.monotonic()
 
@@ -216,7 +229,7 @@ def launch_processes(
             if line.strip():
                 reporter.log(line[:500])
                 tail.append(line)
-                del tail[:-OUTPUT_TAIL_LINES]
+                del tail[:-ERROR_SEARCH_LINES]
 
     with open(output_path, "ab") as output_file:
         process = subprocess.Popen(
@@ -251,10 +264,9 @@ def launch_processes(
     if stop_requested_at is not None:
         raise RunCancelled
     if process.returncode != 0:
-        last = "\n".join(tail[-OUTPUT_TAIL_LINES:])
         raise LaunchFailed(
-            f"The {num_processes} training processes exited with status {process.returncode}. "
-            f"Their last output:\n{last}"
+            f"The {num_processes} training processes exited with status {process.returncode}: "
+            f"{_first_error(tail)}. Their last output:\n" + "\n".join(tail[-OUTPUT_TAIL_LINES:])
         )
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     return {**results, "num_processes": num_processes}

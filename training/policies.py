@@ -40,6 +40,7 @@ def ppo_train(*, run: TrainingRun, reporter: RunReporter) -> Checkpoint:
     The final policy is written atomically and recorded as a draft checkpoint whose
     parent is the policy the run started from.
     """
+    from training.distributed import process_count
     from training.ml.checkpoints import is_complete_checkpoint
     from training.ml.ppo import PPOConfig, PPOHooks, latest_state, resume_ppo, train_ppo
 
@@ -67,9 +68,13 @@ def ppo_train(*, run: TrainingRun, reporter: RunReporter) -> Checkpoint:
     )
     if not is_complete_checkpoint(output_dir):
         state = latest_state(state_dir) if state_dir.exists() else None
-        if state is not None:
+        if (num_processes := process_count(run.config)) > 1:
+            _train_in_processes(run, reporter, parent, reward_model, prompts, config, state, num_processes)
+        elif state is not None:
             reporter.stage(f"Resuming PPO from {state.name}")
             result = resume_ppo(state, prompts=prompts, output_dir=output_dir, hooks=hooks)
+            if result.cancelled:
+                raise RunCancelled
         else:
             reporter.stage(f"PPO on {parent} against reward model #{reward_model.pk}")
             result = train_ppo(
@@ -81,8 +86,62 @@ def ppo_train(*, run: TrainingRun, reporter: RunReporter) -> Checkpoint:
                 hooks=hooks,
                 state_dir=state_dir,
             )
-        if result.cancelled:
-            raise RunCancelled
+            if result.cancelled:
+                raise RunCancelled
+    return _checkpoint_record(run, reporter, parent=parent, reward_model=reward_model, output_dir=output_dir)
+
+
+def _train_in_processes(run, reporter, parent, reward_model, prompts, config, state, num_processes) -> None:
+    """PPO in ``num_processes`` processes via ``accelerate launch``: same inputs, same state directory."""
+    import json
+    from dataclasses import asdict
+
+    from training.distributed import launch_dir, launch_processes
+    from training.ml.checkpoints import is_complete_checkpoint
+
+    output_dir, state_dir, work_dir = policy_dir(run), run_dir(run) / "ppo-state", launch_dir(run)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    prompts_path = work_dir / "prompts.jsonl"
+    # {"conversation": ...} per line: a bare conversation line starts with "[", which
+    # training.ml.ppo._load_prompts would take for one JSON list.
+    prompts_path.write_text("".join(json.dumps({"conversation": p}) + "\n" for p in prompts))
+    if state is not None:
+        reporter.stage(f"Resuming PPO from {state.name} in {num_processes} processes")
+    else:
+        reporter.stage(
+            f"PPO on {parent} against reward model #{reward_model.pk} in {num_processes} processes"
+        )
+    launch_processes(
+        module="training.ml.ppo",
+        config={
+            "policy_path": parent.uri,
+            "reward_model_path": reward_model.uri,
+            "prompts_path": str(prompts_path),
+            "output_dir": str(output_dir),
+            "state_dir": str(state_dir),
+            "resume": True,
+            "config": asdict(config),
+        },
+        work_dir=work_dir,
+        reporter=reporter,
+        num_processes=num_processes,
+        accelerate_config=run.config.get("accelerate_config"),
+        stage="PPO updates",
+    )
+    if not is_complete_checkpoint(output_dir):
+        raise RuntimeError(f"The PPO processes exited without writing the policy to {output_dir}.")
+    run.outputs = {**run.outputs, "num_processes": num_processes}
+
+
+def _checkpoint_record(
+    run: TrainingRun,
+    reporter: RunReporter,
+    *,
+    parent: Checkpoint,
+    reward_model: RewardModel,
+    output_dir: Path,
+) -> Checkpoint:
+    """The draft Checkpoint row for the policy a run wrote (and its publication when asked), however it ran."""
     checkpoint = checkpoint_register(
         project=run.project,
         uri=str(output_dir),
@@ -97,5 +156,7 @@ def ppo_train(*, run: TrainingRun, reporter: RunReporter) -> Checkpoint:
     if run.config.get("auto_publish"):
         publication = checkpoint_publish(checkpoint=checkpoint)
         if publication.round is not None:
-            reporter.log(f"Published {checkpoint}; round {publication.round.number} compares it with {parent}.")
+            reporter.log(
+                f"Published {checkpoint}; round {publication.round.number} compares it with {parent}."
+            )
     return checkpoint
