@@ -2,6 +2,8 @@
 
 The run's config (see ``training.launch``): ``{"policy_checkpoint_id",
 "reward_model_id", "training": PPOConfig fields, "auto_publish": bool}``.
+Optional ``"num_processes"`` (an integer or ``"auto"``) and ``"accelerate_config"`` (an
+accelerate YAML, for FSDP or DeepSpeed) train in several processes via ``training.distributed``.
 """
 
 from __future__ import annotations

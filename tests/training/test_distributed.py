@@ -124,3 +124,20 @@ def test_it_runs_ppo_in_two_processes_and_records_the_checkpoint(judged_round, p
     assert Metric.objects.filter(run=run, name="objective/kl").exists()
     checkpoint = Checkpoint.objects.get(produced_by=run)
     assert checkpoint.parent == base and (Path(checkpoint.uri) / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_it_fails_the_run_with_the_processes_own_error(judged_round, project, tmp_path):  # noqa: F811
+    _, base = judged_round
+    missing = tmp_path / "fsdp.yaml"
+    config = {"base_checkpoint_id": base.pk, "num_processes": 2, "accelerate_config": str(missing)}
+    run = TrainingRun.objects.create(project=project, kind="reward_model", config=config)
+    train_reward_model(run.pk)
+
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert run.error.startswith(
+        "LaunchFailed: The 2 training processes exited with status 1: FileNotFoundError"
+    )
+    assert str(missing) in run.error
+    assert not RewardModel.objects.exists()
