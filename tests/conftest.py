@@ -115,11 +115,32 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = TEST_CACHE / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(autouse=True)
+def _fresh_broker_connections():
+    """Tests may point Celery at another broker (settings.CELERY_BROKER_URL); the app caches
+    its connection pool, so drop it around every test to make the URL in force the one used."""
+    from webapp.celery import app
+
+    def reset():
+        if app._pool is not None:
+            app._pool.force_close_all()
+            app._pool = None
+        app.amqp._producer_pool = None
+
+    reset()
+    yield
+    reset()
+
+
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module. Playwright's sync API runs an event loop in this thread
+    while it lives, so Django's async guard is lifted for exactly that long: the ORM calls of
+    the test bodies are still plain synchronous calls."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()

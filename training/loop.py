@@ -53,8 +53,13 @@ def _run_step(child: TrainingRun, step) -> TrainingRun:
     return child
 
 
+# Settings of the whole loop that each training step inherits (see training.distributed).
+INHERITED_KEYS = ("num_processes", "accelerate_config")
+
+
 def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
     config = run.config
+    inherited = {key: config[key] for key in INHERITED_KEYS if key in config}
     base = run_base_checkpoint(run)
     reporter.progress(0, 2, "Step 1 of 2: reward model", force=True)
     reward_run = _run_step(
@@ -66,6 +71,7 @@ def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
                 "filters": config.get("filters", {}),
                 "pairs": config.get("pairs", {}),
                 "training": config.get("reward_model", {}),
+                **inherited,
             },
         ),
         reward_model_train,
@@ -81,6 +87,7 @@ def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
                 "reward_model_id": reward_run.outputs["reward_model_id"],
                 "training": config.get("ppo", {}),
                 "auto_publish": bool(config.get("open_next_round")),
+                **inherited,
             },
         ),
         ppo_train,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,10 @@ from annotation.models import Judgment, Lease
 from tests.conftest import PASSWORD, SCREENSHOTS
 from tests.factories import make_project, make_round
 
-# Playwright's sync API runs an event loop in this thread; Django's ORM calls from the
-# test body are still plain synchronous calls.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+]
 
 
 PAIRWISE_TEXTS = [

@@ -7,7 +7,6 @@ Celery worker would; only the broker hop is left out.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -18,11 +17,10 @@ from tests.conftest import PASSWORD, SCREENSHOTS
 from tests.dashboard.conftest import make_vote_round
 from training.models import Checkpoint, Metric, RewardModel, TrainingRun
 
-# Playwright's sync API runs an event loop in this thread; Django's ORM calls from the
-# test body are still plain synchronous calls.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+]
 
 
 def worker_thread(run_id: int) -> None:

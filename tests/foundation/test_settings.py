@@ -12,7 +12,15 @@ from django.core.exceptions import ImproperlyConfigured
 from webapp.env import database_from_url, env_bool
 
 REPO = Path(__file__).resolve().parents[2]
-SETTINGS_VARS = ("DEBUG", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "ALLOWED_HOSTS", "ARTIFACTS_DIR")
+SETTINGS_VARS = (
+    "DEBUG",
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "ALLOWED_HOSTS",
+    "ARTIFACTS_DIR",
+    "DJANGO_ALLOW_ASYNC_UNSAFE",
+)
 
 
 def _python(code: str, tmp_path: Path, **env) -> subprocess.CompletedProcess:

@@ -94,7 +94,7 @@ def test_it_stops_a_reward_model_run_on_cancel_and_writes_no_model(judged_round,
     def admin_cancels_after_two_steps(self, done, total, stage=None, **kwargs):
         progress(self, done, total, stage, **kwargs)
         if done == 2:
-            run_cancel(self.run)
+            run_cancel(TrainingRun.objects.get(pk=self.run.pk))  # as the dashboard would
             self._last_cancel_check = 0  # let the next check see it at once
 
     monkeypatch.setattr(RunReporter, "progress", admin_cancels_after_two_steps)
