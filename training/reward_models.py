@@ -41,7 +41,7 @@ def reward_model_train(*, run: TrainingRun, reporter: RunReporter) -> RewardMode
     from training.ml.checkpoints import is_complete_checkpoint
     from training.ml.pairs import read_snapshot_jsonl, snapshot_metadata, split_by_prompt
     from training.ml.reward import RewardModelConfig, TrainingHooks, evaluate_reward_model, train_reward_model
-    from training.snapshots import snapshot_build
+    from training.snapshots import pair_options, snapshot_build
 
     existing = RewardModel.objects.filter(run=run).first()
     if existing is not None:  # a duplicate delivery after the row was written
@@ -66,7 +66,8 @@ def reward_model_train(*, run: TrainingRun, reporter: RunReporter) -> RewardMode
     )
 
     out_dir = reward_model_dir(run)
-    metadata = {"snapshot": snapshot.sha256, "run": run.pk, **snapshot_metadata(rows)}
+    options = pair_options(snapshot.options)  # the options the pairs were made with
+    metadata = {"snapshot": snapshot.sha256, "run": run.pk, **snapshot_metadata(rows, options)}
     if is_complete_checkpoint(out_dir):
         reporter.stage("Evaluating the model a previous attempt finished")
         evaluation = evaluate_reward_model(out_dir, eval_rows, max_length=config.max_length)

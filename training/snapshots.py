@@ -432,7 +432,8 @@ def snapshot_options_json(options: PairOptions) -> dict[str, Any]:
     }
 
 
-def _pair_options(options: PairOptions | dict | None) -> PairOptions:
+def pair_options(options: PairOptions | dict | None) -> PairOptions:
+    """PairOptions from a run's or snapshot's JSON (or as given); unknown keys are ignored."""
     if options is None or isinstance(options, PairOptions):
         return options or PairOptions()
     data = dict(options)
@@ -458,7 +459,7 @@ def snapshot_build(
     in memory here (exports, which must not, use :func:`pair_rows`).
     """
     filters = filters if isinstance(filters, JudgmentFilters) else JudgmentFilters.from_json(filters)
-    options = _pair_options(options)
+    options = pair_options(options)
     rows = judgments_to_pairs(judgment_rows(judgments_for(project, filters)), options)
     sha = snapshot_sha256(rows)
     path = snapshots_dir() / f"{sha}.jsonl"
