@@ -45,6 +45,13 @@ def projects_open_to(annotator) -> QuerySet[Project]:
     return Project.objects.filter(is_active=True).filter(Q(open_to_all_annotators=True) | Exists(assigned))
 
 
+def rounds_preparing_for(annotator) -> QuerySet[Round]:
+    """Rounds of the projects open to ``annotator`` whose responses are still being generated."""
+    return Round.objects.filter(
+        status=Round.Status.GENERATING, project__in=projects_open_to(annotator)
+    ).select_related("project", "generation_run")
+
+
 def rounds_open_to(annotator) -> QuerySet[Round]:
     """Open rounds of the projects open to ``annotator``."""
     return Round.objects.filter(

@@ -53,7 +53,10 @@ def index(request: HttpRequest) -> HttpResponse:
     rounds = list(leases.rounds_open_to(request.user).order_by("project__name", "-number"))
     rows = [(r, leases.progress_for(request.user, r)) for r in rounds]
     first_open = next((r.pk for r, progress in rows if progress.remaining), None)
-    return render(request, "annotation/index.html", {"rows": rows, "first_open": first_open})
+    preparing = list(leases.rounds_preparing_for(request.user).order_by("project__name", "number"))
+    return render(
+        request, "annotation/index.html", {"rows": rows, "first_open": first_open, "preparing": preparing}
+    )
 
 
 @role_required(ANNOTATOR)

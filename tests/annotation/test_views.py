@@ -309,3 +309,26 @@ def test_it_says_when_a_judgment_is_too_old_to_edit(annotator, project):
     data = _answer(lease, choice="tie")
     response = _post(client, reverse("annotate-edit", args=[newest.pk]), data, htmx=True)
     assert response["HX-Push-Url"] == reverse("annotate-round", args=[round.pk])
+
+
+def test_it_shows_a_round_being_generated_and_polls_until_it_opens(client, annotator):
+    from training.models import TrainingRun
+
+    project = make_project("Filling up")
+    run = TrainingRun.objects.create(
+        project=project, kind="generate", status="running", progress_done=3, progress_total=12
+    )
+    generating = make_round(project, 2, status="generating")
+    generating.generation_run = run
+    generating.save()
+    client.force_login(annotator)
+
+    html = client.get(reverse("annotate")).content.decode()
+    assert "Being prepared" in html and "3 of 12 prompts" in html
+    assert 'hx-trigger="every 3s"' in html
+
+    generating.status = "open"
+    generating.save()
+    html = client.get(reverse("annotate")).content.decode()
+    assert "Being prepared" not in html and 'hx-trigger="every 3s"' not in html
+    assert reverse("annotate-round", args=[generating.pk]) in html
