@@ -115,16 +115,33 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = TEST_CACHE / "screenshots"
 
 
+@pytest.fixture
+def point_broker_at(settings, monkeypatch):
+    """Send this test's tasks to the broker at ``url`` (eager mode off).
+
+    Celery reads CELERY_BROKER_URL from the environment before its settings, so both are set.
+    """
+
+    def point(url: str, **transport_options) -> None:
+        settings.CELERY_TASK_ALWAYS_EAGER = False
+        settings.CELERY_BROKER_URL = url
+        monkeypatch.setenv("CELERY_BROKER_URL", url)
+        if transport_options:
+            settings.CELERY_BROKER_TRANSPORT_OPTIONS = transport_options
+
+    return point
+
+
 @pytest.fixture(autouse=True)
 def _fresh_broker_connections():
-    """Tests may point Celery at another broker (settings.CELERY_BROKER_URL); the app caches
-    its connection pool, so drop it around every test to make the URL in force the one used."""
+    """Tests may point Celery at another broker (point_broker_at); the app caches its
+    connection pool, so drop it around every test to make the URL in force the one used."""
     from webapp.celery import app
 
     def reset():
-        if app._pool is not None:
-            app._pool.force_close_all()
-            app._pool = None
+        # As Celery itself does after a fork: forget the pools, so the next send builds
+        # them for the broker URL in force (kombu keeps one pool per URL, still usable).
+        app._pool = None
         app.amqp._producer_pool = None
 
     reset()

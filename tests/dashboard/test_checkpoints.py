@@ -43,10 +43,9 @@ def test_it_publishes_and_retires_by_post(admin_client, project, child_checkpoin
 
 
 def test_publishing_a_draft_opens_the_round_against_its_parent(
-    admin_client, project, child_checkpoint, settings, django_capture_on_commit_callbacks
+    admin_client, project, child_checkpoint, point_broker_at, django_capture_on_commit_callbacks
 ):
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    settings.CELERY_BROKER_URL = "memory://"  # queued, not run: the round stays generating
+    point_broker_at("memory://")  # queued, not run: the round stays generating
     Prompt.objects.create(project=project, conversation=[{"role": "user", "content": "Hi?"}], split="eval")
     with django_capture_on_commit_callbacks(execute=True):
         response = csrf_post(

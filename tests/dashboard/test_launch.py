@@ -230,16 +230,9 @@ def test_it_answers_404_for_an_unknown_launch(admin_client, project):
 
 
 @pytest.fixture
-def broker_down(settings):
-    """A broker nobody listens on; Celery reads its settings from Django's, so the override reaches it."""
-    from celery import current_app
-
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 1, "interval_start": 0, "interval_max": 1}
-    current_app._pool = None  # a pool opened against the default broker would ignore the new URL
-    yield
-    current_app._pool = None
+def broker_down(point_broker_at):
+    """A broker nobody listens on."""
+    point_broker_at("redis://127.0.0.1:1/0", max_retries=1, interval_start=0, interval_max=1)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -18,7 +18,7 @@ from training.tasks import run_loop, train_ppo, train_reward_model
 pytestmark = pytest.mark.slow
 
 WORDS = "the a river stone cloud green quick slow paper window table music light orange seven".split()
-TINY_RM = {"learning_rate": 1e-3, "num_epochs": 2, "batch_size": 8, "warmup_ratio": 0.0}
+TINY_RM = {"learning_rate": 1e-3, "num_epochs": 3, "batch_size": 8, "warmup_ratio": 0.0, "eval_fraction": 0.2}
 TINY_PPO = {
     "total_episodes": 16,
     "batch_size": 8,
@@ -33,14 +33,14 @@ TINY_PPO = {
 
 @pytest.fixture
 def judged_round(project, tiny_checkpoint, settings, tmp_path):
-    """A round whose 40 comparisons simulated annotators judged: they prefer the response saying 'thanks'."""
+    """A round whose 64 comparisons simulated annotators judged: they prefer the response saying 'thanks'."""
     settings.ARTIFACTS_DIR = tmp_path
     base = Checkpoint.objects.create(
         project=project, version=0, uri=str(tiny_checkpoint), origin="base", status="published"
     )
     round = Round.objects.create(project=project, number=1, status=Round.Status.OPEN)
     rng = random.Random(0)
-    for n in range(40):
+    for n in range(64):
         prompt = Prompt.objects.create(
             project=project,
             conversation=[{"role": "user", "content": f"Tell me about {rng.choice(WORDS)} {n}."}],
@@ -55,7 +55,7 @@ def judged_round(project, tiny_checkpoint, settings, tmp_path):
             )
             ComparisonItem.objects.create(comparison=comparison, response=response, position=i)
     simulate_round(round=round, annotators=1, rule="phrase:thanks")
-    assert Judgment.objects.count() == 40
+    assert Judgment.objects.count() == 64
     return round, base
 
 
@@ -72,7 +72,7 @@ def test_it_trains_a_reward_model_from_judgments_and_records_its_evaluation(judg
     assert run.status == "succeeded", run.error
     assert run.progress_done == run.progress_total > 0
     assert run.snapshot is not None and run.input_hash == run.snapshot.sha256
-    assert run.snapshot.pair_count == 40
+    assert run.snapshot.pair_count == 64
     losses = Metric.objects.filter(run=run, name="loss").order_by("step").values_list("value", flat=True)
     assert len(losses) >= 5 and Metric.objects.filter(run=run, name="accuracy").exists()
     reward_model = RewardModel.objects.get(run=run)
