@@ -6,7 +6,7 @@ inputs, and retrying the loop skips the steps that already succeeded.
 
 The loop's config (see ``training.launch``): ``{"base_checkpoint_id", "filters",
 "pairs", "reward_model": RewardModelConfig fields, "ppo": PPOConfig fields,
-"open_next_round": bool}``.
+"open_next_round": bool, "round": RoundConfig fields for that next round}``.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
                 "reward_model_id": reward_run.outputs["reward_model_id"],
                 "training": config.get("ppo", {}),
                 "auto_publish": bool(config.get("open_next_round")),
+                "round": config.get("round", {}),
                 **inherited,
             },
         ),

@@ -1,7 +1,8 @@
 """PPO on the policy as a run, and publishing the checkpoint it makes.
 
 The run's config (see ``training.launch``): ``{"policy_checkpoint_id",
-"reward_model_id", "training": PPOConfig fields, "auto_publish": bool}``.
+"reward_model_id", "training": PPOConfig fields, "auto_publish": bool, "round": RoundConfig
+fields of the round that publishing opens}``.
 Optional ``"num_processes"`` (an integer or ``"auto"``) and ``"accelerate_config"`` (an
 accelerate YAML, for FSDP or DeepSpeed) train in several processes via ``training.distributed``.
 """
@@ -156,7 +157,7 @@ def _checkpoint_record(
     run.outputs = {**run.outputs, "checkpoint_id": checkpoint.pk, "version": checkpoint.version}
     reporter.log(f"Wrote {checkpoint} (draft) from {parent}.")
     if run.config.get("auto_publish"):
-        publication = checkpoint_publish(checkpoint=checkpoint)
+        publication = checkpoint_publish(checkpoint=checkpoint, round_config=run.config.get("round"))
         if publication.round is not None:
             reporter.log(
                 f"Published {checkpoint}; round {publication.round.number} compares it with {parent}."

@@ -125,6 +125,9 @@ PPO = {
     "reward_norm_samples": 8,
     "max_prompt_length": 64,
 }
+# The round that publishing opens (new vs old on the eval prompts): long enough that an
+# answer which never ends shows as long, which is what the "shorter" annotators judge.
+ROUND_2 = {"max_new_tokens": 128, "temperature": 0.8, "batch_size": 16}
 NOISE = 0.1  # a tenth of the answers are at random (a tired annotator)
 
 
@@ -202,6 +205,7 @@ def test_shorter_preferences_make_a_policy_that_wins_the_next_round(
             "reward_model": REWARD_MODEL,
             "ppo": PPO,
             "open_next_round": True,
+            "round": ROUND_2,
         },
     )
     with clock.stage("loop + round 2 generation"), django_capture_on_commit_callbacks(execute=True):

@@ -124,7 +124,13 @@ def test_the_loop_trains_a_reward_model_then_ppo_and_publishes_the_policy(
     loop = _run(
         project,
         "loop",
-        {"base_checkpoint_id": base.pk, "reward_model": TINY_RM, "ppo": TINY_PPO, "open_next_round": True},
+        {
+            "base_checkpoint_id": base.pk,
+            "reward_model": TINY_RM,
+            "ppo": TINY_PPO,
+            "open_next_round": True,
+            "round": {"max_new_tokens": 8},
+        },
     )
     with django_capture_on_commit_callbacks(execute=True):
         run_loop(loop.pk)
@@ -141,6 +147,7 @@ def test_the_loop_trains_a_reward_model_then_ppo_and_publishes_the_policy(
     # Publishing opened the next round: the new policy against its parent on the eval prompts.
     next_round = project.rounds.get(number=2)
     assert set(next_round.checkpoints.all()) == {checkpoint, base}
+    assert next_round.config["max_new_tokens"] == 8  # the loop's settings for the next round
     assert next_round.status == "open", next_round.error
     assert next_round.comparisons.count() == Prompt.objects.filter(project=project, split="eval").count()
 
