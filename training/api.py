@@ -4,13 +4,11 @@ Researchers read; admins write (researchers may also create exports: exporting i
 reading). Annotators and users without a role get 403, anonymous requests 401.
 Every list is paginated (``?page=``) and filtered by query parameters, validated
 here (a bad value is a 400, never a 500). Writes go through the same services as
-the pages: ``training.exports.export_create``, ``training.launch`` (or
-``training.runs.run_launch``).
+the pages: ``training.exports.export_create`` and ``training.launch.LAUNCHERS``.
 """
 
 from __future__ import annotations
 
-import importlib
 from datetime import date
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -29,18 +27,10 @@ from rest_framework.routers import DefaultRouter
 from annotation.models import Comparison, ComparisonItem, Judgment, Project, Prompt, Round
 from training import serializers as s
 from training.exports import export_create, export_file
+from training.launch import LAUNCHERS
 from training.models import Checkpoint, Export, TrainingRun
-from training.runs import QueueUnavailable, run_launch
+from training.runs import QueueUnavailable
 from webapp.roles import ADMIN, RESEARCHER, has_role
-
-# The task behind each kind of run, when training.launch does not say.
-RUN_TASKS = {
-    "reward_model": "training.tasks.train_reward_model",
-    "ppo": "training.tasks.train_ppo",
-    "loop": "training.tasks.run_loop",
-    "dpo": "training.tasks.train_dpo",
-}
-
 
 # --- access ---------------------------------------------------------------------------------
 
@@ -260,24 +250,6 @@ class CheckpointViewSet(viewsets.ReadOnlyModelViewSet, _Base):
         )
 
 
-def run_launch_for(*, project: Project, kind: str, config: dict, created_by) -> TrainingRun:
-    """Launch through ``training.launch`` (``<kind>_launch``) when it offers one, else ``run_launch``."""
-    try:
-        launching = importlib.import_module("training.launch")
-    except ImportError:
-        launching = None
-    launch = getattr(launching, f"{kind}_launch", None)
-    if launch is not None:
-        return launch(project=project, config=config, created_by=created_by)
-    if launching is not None and hasattr(launching, "task_for"):
-        task = launching.task_for(getattr(launching, "TASK_NAMES", RUN_TASKS).get(kind, RUN_TASKS[kind]))
-    else:
-        from celery import current_app
-
-        task = current_app.signature(RUN_TASKS[kind])
-    return run_launch(project=project, kind=kind, config=config, task=task, created_by=created_by)
-
-
 @extend_schema_view(
     list=extend_schema(
         parameters=[
@@ -310,16 +282,15 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
     def create(self, request, *args, **kwargs):
         form = s.RunLaunchSerializer(data=request.data)
         form.is_valid(raise_exception=True)
+        data = form.validated_data
         try:
-            run = run_launch_for(created_by=request.user, **form.validated_data)
+            run = LAUNCHERS[data["kind"]](
+                project=data["project"], config=data["config"], created_by=request.user
+            )
         except QueueUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
         except DjangoValidationError as exc:
             raise ValidationError(exc.messages) from exc
-        except Exception as exc:  # LaunchUnavailable and the like: the step is not installed here
-            if type(exc).__name__ == "LaunchUnavailable":
-                raise ValidationError({"kind": str(exc)}) from exc
-            raise
         return APIResponse(s.RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
 

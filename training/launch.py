@@ -28,6 +28,7 @@ from training.models import TrainingRun
 from training.runs import QueueUnavailable, run_launch, run_retry
 
 __all__ = [
+    "LAUNCHERS",
     "TASK_NAMES",
     "LaunchUnavailable",
     "QueueUnavailable",
@@ -85,6 +86,14 @@ def ppo_launch(*, project: Project, config: dict, created_by=None) -> TrainingRu
 def loop_launch(*, project: Project, config: dict, created_by=None) -> TrainingRun:
     """Queue the whole loop: snapshot, reward model, PPO, then (optionally) the next round."""
     return _launch(project=project, kind=TrainingRun.Kind.LOOP, config=config, created_by=created_by)
+
+
+# Kinds of run a launcher starts, by kind; what the API and the dashboard offer.
+LAUNCHERS = {
+    TrainingRun.Kind.REWARD_MODEL: reward_model_launch,
+    TrainingRun.Kind.PPO: ppo_launch,
+    TrainingRun.Kind.LOOP: loop_launch,
+}
 
 
 def round_launch(*, project: Project, checkpoints, config: dict, created_by=None):

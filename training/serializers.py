@@ -11,7 +11,7 @@ from training.models import Checkpoint, Export, TrainingRun
 from training.snapshots import annotator_pseudonym
 
 ROLES = ("system", "user", "assistant")
-LAUNCHABLE = ("reward_model", "ppo", "loop", "dpo")
+LAUNCHABLE = ("reward_model", "ppo", "loop")  # training.launch.LAUNCHERS
 
 
 class ProjectSerializer(serializers.ModelSerializer):

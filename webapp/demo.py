@@ -9,7 +9,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from annotation.models import Project, Prompt
+from annotation.importers import import_prompts
+from annotation.models import Project
 from webapp.roles import ADMIN, ANNOTATOR, create_user_with_role
 
 DEMO_PROJECT_NAME = "Demo: helpful assistant"
@@ -48,17 +49,9 @@ def demo_seed() -> Project:
         },
     )
     if created:
-        rows = [json.loads(line) for line in DEMO_PROMPTS.read_text().splitlines() if line.strip()]
-        Prompt.objects.bulk_create(
-            Prompt(
-                project=project,
-                conversation=[{"role": "user", "content": row["prompt"]}],
-                source="demo",
-                split=row["split"],
-                tags=row["tags"],
-            )
-            for row in rows
-        )
+        result = import_prompts(project=project, file=DEMO_PROMPTS, source="demo")
+        if result.refused:  # the bundled file is ours: a bad row is a bug, not user input
+            raise RuntimeError(f"The demo prompts did not import: {result.summary}")
     accounts = demo_accounts()
     create_user_with_role(username="admin", password=accounts["admin"], role=ADMIN)
     create_user_with_role(username="annotator", password=accounts["annotator"], role=ANNOTATOR)
