@@ -56,6 +56,12 @@ def _log_in(page, live_server, user):
     page.wait_for_url(f"{live_server.url}/annotate/")
 
 
+def _start_first_round(page) -> None:
+    """Enter on the first open round's Start link, once its autofocus has landed."""
+    page.wait_for_function("() => document.activeElement?.matches('a[autofocus]')")
+    page.keyboard.press("Enter")
+
+
 def _wait_ready(page) -> None:
     """The page's script has run: keys do something from now on."""
     page.wait_for_selector("body[data-annot-ready]", state="attached")
@@ -110,7 +116,7 @@ def test_it_completes_pairwise_and_kwise_comparisons_with_the_keyboard_only(page
     )
 
     _log_in(page, live_server, annotator)
-    page.keyboard.press("Enter")  # the first open round's Start link has focus
+    _start_first_round(page)
     page.wait_for_url(f"{live_server.url}/annotate/round/{pairwise_round.pk}/")
     _wait_ready(page)
     assert _focused_id(page) == "cmp"
@@ -175,7 +181,7 @@ def test_it_completes_pairwise_and_kwise_comparisons_with_the_keyboard_only(page
     page.keyboard.press("Tab")  # "All rounds"
     page.keyboard.press("Enter")
     page.wait_for_url(f"{live_server.url}/annotate/")
-    page.keyboard.press("Enter")  # the K-wise round is now the first open one
+    _start_first_round(page)  # the K-wise round is now the first open one
     _wait_ready(page)
     page.wait_for_selector("#rank-strip li")
     order = _current_order(page)
@@ -200,7 +206,7 @@ def test_it_ranks_by_drag_and_drop(page, live_server, annotator):
     kwise = make_project("Drag", k=3)
     make_round(kwise, 1, texts=KWISE_TEXTS[:3])
     _log_in(page, live_server, annotator)
-    page.keyboard.press("Enter")
+    _start_first_round(page)
     _wait_ready(page)
     page.wait_for_selector("#rank-strip li")
     order = _current_order(page)
@@ -221,7 +227,7 @@ def test_it_renders_hostile_content_inert(page, live_server, annotator):
         project, 1, texts=[HOSTILE, "A harmless answer."], conversation=[{"role": "user", "content": HOSTILE}]
     )
     _log_in(page, live_server, annotator)
-    page.keyboard.press("Enter")
+    _start_first_round(page)
     _wait_ready(page)
     page.keyboard.press("g")
     page.get_by_text("click me", exact=False).first.click()  # plain text now, not a link
@@ -246,7 +252,7 @@ def test_it_records_one_judgment_for_a_double_submit(page, live_server, annotato
     project = make_project("Double", overlap=1)
     make_round(project, 2)
     _log_in(page, live_server, annotator)
-    page.keyboard.press("Enter")
+    _start_first_round(page)
     _wait_ready(page)
 
     # A double click on the submit button.
@@ -286,7 +292,7 @@ def test_it_skips_with_the_keyboard_and_stacks_responses_on_a_narrow_screen(page
     make_round(project, 2, texts=PAIRWISE_TEXTS)
     page.set_viewport_size({"width": 420, "height": 900})
     _log_in(page, live_server, annotator)
-    page.keyboard.press("Enter")
+    _start_first_round(page)
     _wait_ready(page)
     boxes = [page.locator(".annot-response").nth(i).bounding_box() for i in range(2)]
     assert boxes[1]["y"] >= boxes[0]["y"] + boxes[0]["height"]  # B below A, not beside it
