@@ -294,6 +294,11 @@ def test_a_real_worker_fills_a_chunked_round_and_opens_it(project, tiny_checkpoi
     assert Response.objects.filter(round=round).count() == 6 and round.comparisons.count() == 3
     parent = round.generation_run
     parent.refresh_from_db()
+    # The round opens inside the last chunk's task; its parent run is settled just after.
+    settle_by = time.monotonic() + 30
+    while parent.status != TrainingRun.Status.SUCCEEDED and time.monotonic() < settle_by:
+        time.sleep(0.2)
+        parent.refresh_from_db()
     assert parent.children.count() == 2 and parent.status == TrainingRun.Status.SUCCEEDED
 
 
