@@ -178,6 +178,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A running run whose worker has written no heartbeat for this long is presumed dead
+# (SIGKILL, OOM, lost machine) and failed, so the admin can retry it (training.runs).
+# Workers beat every min(10 s, a quarter of it); web and workers must agree on it.
+RUN_STALE_AFTER_SECONDS = env_int("RUN_STALE_AFTER_SECONDS", 120)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("TASK_SOFT_TIME_LIMIT", 6 * 3600)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 300
 # Redis hands an unacknowledged task to another worker after the visibility timeout,
