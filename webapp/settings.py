@@ -189,15 +189,19 @@ CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 300
 # Redis hands an unacknowledged task to another worker after the visibility timeout,
 # so it must outlast the hard time limit or long training runs would start twice.
 # (The SQLAlchemy transport passes its options to create_engine, so it gets none.)
+REDIS_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600,
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_max": 1,
+    # A broker that stops answering without closing the connection (frozen, failing
+    # over, a dropped network path) would hang a publish, and the admin's request, forever:
+    # give up after this long and say the queue cannot be reached. Above kombu's 1 s BRPOP.
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+}
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {
-        "visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600,
-        "max_retries": 1,
-        "interval_start": 0,
-        "interval_max": 1,
-    }
-    if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
-    else {}
+    REDIS_BROKER_TRANSPORT_OPTIONS if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else {}
 )
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
