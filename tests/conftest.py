@@ -133,6 +133,18 @@ def point_broker_at(settings, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _isolated_cache(settings):
+    """An empty in-process cache for every test (the sign-in throttle counts failures there),
+    never the files under var/ or a Redis another run shares."""
+    from django.core.cache import cache
+
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tests"}
+    }
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_broker_connections():
     """Tests may point Celery at another broker (point_broker_at); the app caches its
     connection pool, so drop it around every test to make the URL in force the one used."""

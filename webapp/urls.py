@@ -2,13 +2,15 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from webapp import views
+from webapp import login, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", login.login, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # The admin's own password form, under the same throttle (resolved before admin.site.urls).
+    path("admin/login/", login.refuse_while_blocked(admin.site.login), name="admin-login"),
     path("admin/", admin.site.urls),
     path("annotate/", include("annotation.urls")),
     path("dashboard/", include("training.urls")),
