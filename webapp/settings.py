@@ -195,6 +195,13 @@ CELERY_TASK_ROUTES = {
     "training.tasks.generate_*": {"queue": "gpu"},
     "training.tasks.train_*": {"queue": "gpu"},
     "training.tasks.run_*": {"queue": "gpu"},
+# Caps on one prompt or preference-data import (annotation/importers.py), each checked
+# while the file streams and refused with a message naming it; the upload pages state them.
+IMPORT_MAX_UPLOAD_BYTES = env_int("IMPORT_MAX_UPLOAD_BYTES", 256 * 1024 * 1024)  # as sent, gzipped or not
+IMPORT_MAX_DECOMPRESSED_BYTES = env_int("IMPORT_MAX_DECOMPRESSED_BYTES", 1024 * 1024 * 1024)
+IMPORT_MAX_ROWS = env_int("IMPORT_MAX_ROWS", 1_000_000)
+IMPORT_MAX_LINE_BYTES = env_int("IMPORT_MAX_LINE_BYTES", 4 * 1024 * 1024)
+IMPORT_MAX_NESTING = env_int("IMPORT_MAX_NESTING", 32)  # JSON depth; a conversation row needs 3
 }
 # A run's state lives in its TrainingRun row, not in a result backend.
 CELERY_TASK_IGNORE_RESULT = True
