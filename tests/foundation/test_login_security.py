@@ -3,10 +3,14 @@ the pause ignores the password, and the time it ends is on the page."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
+import uuid
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.test import Client
 from django.urls import reverse
@@ -149,3 +153,121 @@ def test_the_admin_login_shares_the_count(admin_user):
     response = _sign_in(client, admin_user.username, PASSWORD, url="/admin/login/")
     assert response.status_code == 429
     assert _sign_in(client, admin_user.username, PASSWORD).status_code == 429
+
+
+# --- production configuration, in processes of their own ------------------------------------
+
+PRODUCTION_REQUESTS = """
+import json, sys, django
+django.setup()
+from django.conf import settings
+from django.test import Client
+from django.test.utils import override_settings, setup_test_environment
+setup_test_environment()  # lets the test client's host in
+# collectstatic has not run here: plain static file names instead of the manifest's hashed ones.
+override_settings(STORAGES={**settings.STORAGES, "staticfiles": {
+    "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}).enable()
+ask = json.loads(sys.argv[1])
+
+def cookies(response):
+    return {
+        name: {"secure": bool(m["secure"]), "httponly": bool(m["httponly"]), "samesite": m["samesite"]}
+        for name, m in response.cookies.items()
+    }
+
+client, found = Client(), {"cache": settings.CACHES["default"]["BACKEND"]}
+if "username" in ask:
+    found["plain_http"] = [client.get("/login/").status_code, client.get("/login/")["Location"]]
+    page = client.get("/login/", secure=True)
+    found["page"] = [page.status_code, dict(page.headers), cookies(page)]
+    signin = client.post("/login/", {"username": ask["username"], "password": ask["password"]}, secure=True)
+    found["signin"] = [signin.status_code, cookies(signin)]
+found["attempts"] = [
+    client.post(
+        "/login/", {"username": ask["ghost"], "password": "wrong"}, secure=True, REMOTE_ADDR=ask["ip"]
+    ).status_code
+    for _ in range(ask["failures"])
+]
+print(json.dumps(found))
+"""
+
+
+def _database_url() -> str:
+    """The test database as a URL, for a process that shares it."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _with_production_hash(user) -> None:
+    # This module hashes with MD5 for speed; the production process knows only the real hashers.
+    hasher = PBKDF2PasswordHasher()
+    user.password = hasher.encode(PASSWORD, hasher.salt())
+    user.save(update_fields=["password"])
+
+
+def _production(tmp_path, ask: dict, **env) -> dict:
+    """Run PRODUCTION_REQUESTS under DEBUG=false with a real secret and the test database."""
+    from tests.foundation.test_settings import _python
+
+    ask = {"ghost": f"ghost-{uuid.uuid4().hex[:8]}", "ip": "192.0.2.1", "failures": 0} | ask
+    result = _python(
+        PRODUCTION_REQUESTS.replace("sys.argv[1]", repr(json.dumps(ask))),
+        tmp_path,
+        DEBUG="false",
+        SECRET_KEY="k7#Qp!2vZ9@rT4wX8&yB1nM6$eL3sJ0hG5fD_aC-uV+oI=zq" * 2,
+        DATABASE_URL=_database_url(),
+        ALLOWED_HOSTS="tandem.example.org",
+        **env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_production_cookies_and_headers_are_locked_down(annotator, tmp_path):
+    _with_production_hash(annotator)
+    found = _production(tmp_path, {"username": annotator.username, "password": PASSWORD})
+
+    assert found["plain_http"][0] == 301 and found["plain_http"][1].startswith("https://")
+    status, headers, page_cookies = found["page"]
+    assert status == 200
+    assert headers["Strict-Transport-Security"].startswith("max-age=31536000")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
+    assert page_cookies["csrftoken"] == {"secure": True, "httponly": False, "samesite": "Lax"}
+
+    status, signin_cookies = found["signin"]
+    assert status == 302
+    assert signin_cookies["sessionid"] == {"secure": True, "httponly": True, "samesite": "Lax"}
+
+
+def _redis_for_tests() -> str:
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if not url.startswith("redis://"):
+        pytest.skip("no Redis named in CELERY_BROKER_URL")
+    return url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["files", "redis"])
+def test_production_processes_share_the_sign_in_count(cache, tmp_path):
+    """Like two gunicorn workers: one sees the first failure, the other the second and then the pause."""
+    env = {"LOGIN_FAILURES_PER_USERNAME": "2"}  # each failure costs a real password hash
+    if cache == "redis":
+        env["CACHE_URL"] = _redis_for_tests()
+    ask = {"ghost": f"ghost-{uuid.uuid4().hex[:8]}", "ip": f"192.0.2.{uuid.uuid4().int % 250 + 1}"}
+    first = _production(tmp_path, ask | {"failures": 1}, **env)
+    assert first["cache"].endswith("RedisCache" if cache == "redis" else "FileBasedCache")
+    assert first["attempts"] == [200]
+    second = _production(tmp_path, ask | {"failures": 2}, **env)
+    assert second["attempts"] == [200, 429]
