@@ -339,7 +339,7 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
             raise ValidationError(str(exc)) from exc
 
     @action(detail=True, methods=["get"])
-    def download(self, request, pk=None):
+    def download(self, request, pk=None, format=None):  # format: the router's download.json route
         export = self.get_object()
         path = export_file(export)
         if path is None:
