@@ -359,6 +359,67 @@
       .catch(() => {});
   }, 60 * 1000);
 
+  // --- a submit the server could not take -------------------------------------------------------
+  // htmx swaps nothing on an error, so the form keeps everything the annotator entered. A 503
+  // (the database is unreachable, webapp/middleware.py), a 502/504 from a proxy, or no answer at
+  // all is sent again by itself with backoff. The hidden client_id is never regenerated, so a
+  // submit that was saved but whose answer got lost comes back "Already saved.", not twice.
+  const RETRY_DELAYS_MS = [1000, 2000, 4000, 8000, 16000];
+  const retry = { form: null, attempts: 0, timer: null };
+
+  function showSubmitProblem(form, text) {
+    let note = $("#annot-retry", form);
+    if (!note) {
+      note = document.createElement("p");
+      note.id = "annot-retry";
+      note.className = "message error annot-alert";
+      note.setAttribute("role", "alert");
+      const actions = $(".annot-actions", form);
+      actions.parentNode.insertBefore(note, actions);
+    }
+    note.textContent = text;
+  }
+
+  function serverMessage(xhr) {
+    // Only the message the server meant for people, never a whole error page.
+    if (!xhr || !xhr.responseText) return "";
+    const doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
+    const said = doc.getElementById("database-unavailable");
+    return said ? said.textContent.trim() : "";
+  }
+
+  function submitFailed(e) {
+    const form = e.target;
+    if (!form || form.id !== "judge-form") return;
+    const status = e.type === "htmx:responseError" && e.detail.xhr ? e.detail.xhr.status : 0;
+    if (retry.form !== form) Object.assign(retry, { form, attempts: 0 });
+    const said =
+      serverMessage(e.detail.xhr) ||
+      (status ? `The server could not save this (error ${status}).` : "The server could not be reached.");
+    const transient = [0, 502, 503, 504].includes(status);
+    if (!transient || retry.attempts >= RETRY_DELAYS_MS.length) {
+      retry.attempts = 0;
+      showSubmitProblem(form, `${said} What you entered is kept; press Submit to try again.`);
+      return;
+    }
+    const delay = RETRY_DELAYS_MS[retry.attempts++];
+    showSubmitProblem(form, `${said} What you entered is kept; trying again in ${delay / 1000} s.`);
+    clearTimeout(retry.timer);
+    retry.timer = setTimeout(() => {
+      retry.timer = null;
+      if (document.body.contains(form)) form.requestSubmit($("#submit-judgment", form) || undefined);
+    }, delay);
+  }
+  document.addEventListener("htmx:responseError", submitFailed);
+  document.addEventListener("htmx:sendError", submitFailed);
+  document.addEventListener("htmx:beforeRequest", (e) => {
+    // Any new attempt (the scheduled retry, or the annotator pressing Submit) replaces a pending one.
+    if (e.target && e.target.id === "judge-form" && retry.timer) {
+      clearTimeout(retry.timer);
+      retry.timer = null;
+    }
+  });
+
   // --- start and after every swap -------------------------------------------------------------
   function init() {
     if (!work()) return;
