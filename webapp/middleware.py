@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.html import format_html
@@ -25,14 +26,20 @@ _UNREACHABLE = ("08", "57P01", "57P02", "57P03")
 
 
 def database_unreachable(exception: BaseException) -> bool:
-    if isinstance(exception, InterfaceError):
-        return True
-    if not isinstance(exception, OperationalError):
+    """Whether ``exception`` says Postgres could not be reached (not that it refused a query)."""
+    if not isinstance(exception, (OperationalError, InterfaceError)):
         return False
-    # Django re-raises the driver's error "from" it; the driver's carries the SQLSTATE, and
-    # has none when the server never answered (connection refused, connection lost).
-    state = getattr(exception.__cause__, "sqlstate", None)
-    return state is None or state.startswith(_UNREACHABLE)
+    # Django re-raises the driver's error "from" it. Only Postgres's count: SQLite's
+    # OperationalErrors ("no such table", "database is locked") are not outages.
+    cause = exception.__cause__
+    if not isinstance(cause, psycopg.Error):
+        return False
+    # The driver's error has no SQLSTATE when the server never answered (refused, lost).
+    return (
+        isinstance(cause, psycopg.InterfaceError)
+        or cause.sqlstate is None
+        or cause.sqlstate.startswith(_UNREACHABLE)
+    )
 
 
 class DatabaseUnavailableMiddleware:

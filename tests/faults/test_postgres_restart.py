@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +41,6 @@ FIELDS = {
 LOAD_CLIENTS = 4
 OVERLAP = 2
 THINK_S = 0.05  # between judgments: at most 20/s per client, so the 600 comparisons always suffice
-
-pytestmark = pytest.mark.slow
-
 
 # --- a private PostgreSQL cluster --------------------------------------------------------------
 
@@ -119,8 +118,6 @@ class PrivatePostgres:
         return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
 
     def query(self, sql: str, params=()) -> list[tuple]:
-        import psycopg
-
         with psycopg.connect(self.url("tandem"), connect_timeout=10) as conn:
             return conn.execute(sql, params).fetchall()
 
@@ -144,8 +141,6 @@ class Site:
 @pytest.fixture(scope="module")
 def site():
     """Private Postgres, migrated and seeded, with gunicorn (2 workers) serving Tandem from it."""
-    import psycopg
-
     bin_dir = _postgres_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL server programs (initdb, pg_ctl) are not installed")
@@ -288,6 +283,7 @@ def _annotator(site: Site, session_key: str, tally: Tally, stop: threading.Event
             time.sleep(THINK_S)
 
 
+@pytest.mark.slow
 def test_it_keeps_every_acknowledged_judgment_through_postgres_restarts(site, caplog):
     import httpx
 
@@ -366,6 +362,7 @@ def test_it_keeps_every_acknowledged_judgment_through_postgres_restarts(site, ca
 # --- the page in real Chromium -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_it_shows_the_outage_beside_submit_and_saves_once_when_the_database_returns(site, browser):
     postgres = site.postgres
@@ -401,6 +398,38 @@ def test_it_shows_the_outage_beside_submit_and_saves_once_when_the_database_retu
         [f"restart-{len(site.sessions) - 1}"],
     )
     assert rows == [(client_id, "A answers the question; B wanders off.", "slight")]
+
+
+# --- which database errors count as an outage ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("driver_error", "outage"),
+    [
+        (psycopg.OperationalError("connection refused"), True),  # no SQLSTATE: the server never answered
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+        (psycopg.errors.CannotConnectNow("the database system is starting up"), True),
+        (psycopg.InterfaceError("the connection is closed"), True),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), False),  # a live server's answer: a bug
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
+        (sqlite3.OperationalError("no such table: auth_user"), False),  # an unmigrated SQLite file
+    ],
+)
+def test_it_answers_503_only_when_postgres_cannot_be_reached(rf, driver_error, outage):
+    from django.db import InterfaceError, OperationalError
+
+    from webapp.middleware import DatabaseUnavailableMiddleware
+
+    wrapper = InterfaceError if isinstance(driver_error, psycopg.InterfaceError) else OperationalError
+    try:
+        raise wrapper(*driver_error.args) from driver_error  # as Django wraps the driver's errors
+    except wrapper as error:
+        response = DatabaseUnavailableMiddleware(lambda request: None).process_exception(rf.get("/"), error)
+    if outage:
+        assert response.status_code == 503 and response["Retry-After"]
+        assert MESSAGE in response.content.decode()
+    else:
+        assert response is None  # Django's own handling: a 500, logged with its traceback
 
 
 # --- seeding, run in a subprocess against the private database ----------------------------------
