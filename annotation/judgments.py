@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
-from annotation.models import Comparison, Judgment, Lease, Round, Skip
+from annotation import rows
+from annotation.models import Comparison, Judgment, Lease, Project, Prompt, Round, Skip
 
 EDITABLE_RECENT = 5  # an annotator may reopen this many of their latest judgments in an open round
 MAX_TIME_SPENT_MS = 6 * 3600 * 1000
@@ -77,61 +77,77 @@ def judgment_submit(
     """
     _check_answer(answer, order_shown)
     now = now or timezone.now()
-    existing = Judgment.objects.filter(client_id=client_id).first()
-    if existing is not None:
-        return _replayed(existing, annotator)
-
+    judgment_table, lease_table = rows.table(Judgment), rows.table(Lease)
     with transaction.atomic():
-        locked = (
-            Comparison.objects.select_for_update(of=("self",))
-            .select_related("round__project")
-            .annotate(
-                judged=Exists(Judgment.objects.filter(comparison=OuterRef("pk"), annotator=annotator)),
-                skipped=Exists(Skip.objects.filter(comparison=OuterRef("pk"), annotator=annotator)),
-            )
-            .get(pk=comparison.pk)
+        # Lock first, then look in a fresh statement: under READ COMMITTED it sees every
+        # judgment and lease committed while this one waited for the lock.
+        rows.fetch(
+            f"SELECT id FROM {rows.table(Comparison)} WHERE id = %s{rows.for_update()}", [comparison.pk]
         )
-        round, project = locked.round, locked.round.project
-        if round is None or round.status != Round.Status.OPEN:
+        now_db = rows.db_value(Lease, "expires_at", now)
+        state = rows.fetch(
+            f"""SELECT c.judgment_count, r.status, p.overlap,
+                    (SELECT COUNT(*) FROM {judgment_table} j WHERE j.comparison_id = c.id AND j.annotator_id = %s),
+                    (SELECT COUNT(*) FROM {rows.table(Skip)} s WHERE s.comparison_id = c.id AND s.annotator_id = %s),
+                    (SELECT COUNT(*) FROM {lease_table} l
+                      WHERE l.comparison_id = c.id AND l.expires_at > %s AND l.annotator_id <> %s),
+                    (SELECT COUNT(*) FROM {lease_table} l
+                      WHERE l.comparison_id = c.id AND l.expires_at > %s AND l.annotator_id = %s),
+                    (SELECT id FROM {judgment_table} j WHERE j.client_id = %s)
+                FROM {rows.table(Comparison)} c
+                JOIN {rows.table(Round)} r ON r.id = c.round_id
+                JOIN {rows.table(Project)} p ON p.id = r.project_id
+                WHERE c.id = %s""",
+            [annotator.pk, annotator.pk, now_db, annotator.pk, now_db, annotator.pk]
+            + [rows.db_value(Judgment, "client_id", client_id), comparison.pk],
+        )
+        if not state:
+            raise SubmitRefused("This comparison is no longer part of an open round.", code="closed")
+        judgment_count, status, overlap, judged, skipped, others_live, mine_live, replay_id = state[0]
+        if replay_id is not None:
+            # A retry or double click of a submit that was already recorded.
+            return _replayed(Judgment.objects.get(pk=replay_id), annotator)
+        if status != Round.Status.OPEN:
             raise SubmitRefused("This round is closed, so the judgment was not saved.", code="closed")
-        if locked.judged:
-            # A concurrent retry of this very submit may have won the lock first.
-            existing = Judgment.objects.filter(client_id=client_id).first()
-            if existing is not None:
-                return _replayed(existing, annotator)
+        if judged:
             raise SubmitRefused(
                 "You have already judged this comparison (perhaps in another tab); edit it from your recent list.",
                 code="duplicate",
             )
-        if locked.skipped:
+        if skipped:
             raise SubmitRefused(
                 "You skipped this comparison, so it is no longer yours to judge.", code="skipped"
             )
-        holders = list(
-            Lease.objects.filter(comparison=locked, expires_at__gt=now).values_list("annotator_id", flat=True)
-        )
-        if annotator.pk not in holders and locked.judgment_count + len(holders) >= project.overlap:
+        if not mine_live and judgment_count + others_live >= overlap:
             raise SubmitRefused(
                 "Your time on this item ran out and other annotators have since completed it, so this "
                 "judgment could not be saved. What you entered is kept below.",
                 code="full",
             )
-        judgment = Judgment.objects.create(
-            comparison=locked,
-            annotator=annotator,
-            source=source,
-            ranking=answer.ranking,
-            strength=answer.strength,
-            is_tie=answer.is_tie,
-            both_bad=answer.both_bad,
-            rationale=answer.rationale,
-            criteria=answer.criteria,
-            order_shown=list(order_shown),
-            time_spent_ms=_clamp_time(time_spent_ms),
-            client_id=client_id,
+        judgment = rows.insert(
+            Judgment(
+                comparison=comparison,
+                annotator=annotator,
+                source=source,
+                ranking=answer.ranking,
+                strength=answer.strength,
+                is_tie=answer.is_tie,
+                both_bad=answer.both_bad,
+                rationale=answer.rationale,
+                criteria=answer.criteria,
+                order_shown=list(order_shown),
+                time_spent_ms=_clamp_time(time_spent_ms),
+                client_id=client_id,
+            )
         )
-        Comparison.objects.filter(pk=locked.pk).update(judgment_count=F("judgment_count") + 1)
-        Lease.objects.filter(comparison=locked, annotator=annotator).delete()
+        rows.execute(
+            f"UPDATE {rows.table(Comparison)} SET judgment_count = judgment_count + 1 WHERE id = %s",
+            [comparison.pk],
+        )
+        rows.execute(
+            f"DELETE FROM {lease_table} WHERE comparison_id = %s AND annotator_id = %s",
+            [comparison.pk, annotator.pk],
+        )
     return Submitted(judgment=judgment, created=True)
 
 
@@ -144,15 +160,32 @@ def _replayed(existing: Judgment, annotator) -> Submitted:
 # --- editing recent judgments --------------------------------------------------------------
 
 
-def judgments_editable_by(annotator, round: Round) -> QuerySet[Judgment]:
-    """The annotator's latest judgments in ``round`` that they may still reopen (newest first)."""
+def judgments_editable_by(annotator, round: Round) -> list[Judgment]:
+    """The annotator's latest judgments in ``round`` that they may still reopen (newest first).
+
+    Shown beside every item, so one hand-written statement; each judgment comes with
+    ``comparison.prompt`` filled in.
+    """
     if round.status != Round.Status.OPEN:
-        return Judgment.objects.none()
-    return (
-        Judgment.objects.filter(annotator=annotator, comparison__round=round)
-        .select_related("comparison__prompt")
-        .order_by("-created_at", "-pk")[:EDITABLE_RECENT]
+        return []
+    found = rows.fetch(
+        f"""SELECT {rows.columns(Judgment, "j")}, {rows.columns(Prompt, "q")}, c.prompt_id
+            FROM {rows.table(Judgment)} j
+            JOIN {rows.table(Comparison)} c ON c.id = j.comparison_id
+            JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
+            WHERE j.annotator_id = %s AND c.round_id = %s
+            ORDER BY j.created_at DESC, j.id DESC
+            LIMIT {EDITABLE_RECENT}""",
+        [annotator.pk, round.pk],
     )
+    width = rows.width(Judgment)
+    recent = []
+    for row in found:
+        judgment = rows.instance(Judgment, row[:width])
+        judgment.comparison = Comparison(pk=judgment.comparison_id, round=round, prompt_id=row[-1])
+        judgment.comparison.prompt = rows.instance(Prompt, row[width:-1])
+        recent.append(judgment)
+    return recent
 
 
 class EditRefused(Exception):

@@ -27,7 +27,18 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from annotation.models import Comparison, ComparisonItem, Judgment, Lease, Project, Round, Skip
+from annotation import rows
+from annotation.models import (
+    Comparison,
+    ComparisonItem,
+    Judgment,
+    Lease,
+    Project,
+    Prompt,
+    Response,
+    Round,
+    Skip,
+)
 
 _system_random = random.SystemRandom()
 
@@ -107,22 +118,79 @@ class Progress:
 
 
 def progress_for(annotator, round: Round, *, now: datetime | None = None) -> Progress:
-    """The progress line: my judgments in this round, items still open to me, my judgments today."""
+    """The progress line: my judgments in this round, items still open to me, my judgments today.
+
+    "Open to me": still wants judgments and I have neither judged nor skipped it (an item
+    I hold a lease on counts: it is the one on my screen). One statement, on every submit.
+    """
     now = now or timezone.now()
     midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    mine = Judgment.objects.filter(annotator=annotator).aggregate(
-        round=Count("pk", filter=Q(comparison__round=round)),
-        today=Count("pk", filter=Q(created_at__gte=midnight)),
+    judgment, comparison, skip = rows.table(Judgment), rows.table(Comparison), rows.table(Skip)
+    ((done_in_round, done_today, remaining),) = rows.fetch(
+        f"""SELECT
+            (SELECT COUNT(*) FROM {judgment} j JOIN {comparison} c ON c.id = j.comparison_id
+              WHERE j.annotator_id = %s AND c.round_id = %s),
+            (SELECT COUNT(*) FROM {judgment} j WHERE j.annotator_id = %s AND j.created_at >= %s),
+            (SELECT COUNT(*) FROM {comparison} c WHERE c.round_id = %s AND c.judgment_count < %s
+              AND c.id NOT IN (SELECT comparison_id FROM {judgment} WHERE annotator_id = %s)
+              AND c.id NOT IN (SELECT comparison_id FROM {skip} WHERE annotator_id = %s))""",
+        [
+            annotator.pk,
+            round.pk,
+            annotator.pk,
+            rows.db_value(Judgment, "created_at", midnight),
+            round.pk,
+            round.project.overlap,
+            annotator.pk,
+            annotator.pk,
+        ],
     )
-    # Open to me: still wants judgments and I have neither judged nor skipped it. An item
-    # I hold a lease on counts too (it is the one on my screen).
-    remaining = (
-        Comparison.objects.filter(round=round, judgment_count__lt=round.project.overlap)
-        .exclude(pk__in=Judgment.objects.filter(annotator=annotator).values("comparison_id"))
-        .exclude(pk__in=Skip.objects.filter(annotator=annotator).values("comparison_id"))
-        .count()
+    return Progress(done_in_round=done_in_round, remaining=remaining, done_today=done_today)
+
+
+def comparison_open_to(annotator, comparison_id: int) -> Comparison | None:
+    """A comparison of an open round open to ``annotator``, with its round, project, prompt and items.
+
+    One statement (the page after every submit needs it): ``comparison.round.project``,
+    ``comparison.prompt`` and ``comparison.items.all()`` (each item with its ``response``)
+    are filled in and cost no further query. None when it does not exist or is not theirs.
+    """
+    through = Project.annotators.through
+    found = rows.fetch(
+        f"""SELECT {rows.columns(Comparison, "c")}, {rows.columns(Round, "r")}, {rows.columns(Project, "p")},
+                   {rows.columns(Prompt, "q")}, {rows.columns(ComparisonItem, "i")}, {rows.columns(Response, "s")}
+            FROM {rows.table(Comparison)} c
+            JOIN {rows.table(Round)} r ON r.id = c.round_id
+            JOIN {rows.table(Project)} p ON p.id = r.project_id
+            JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
+            JOIN {rows.table(ComparisonItem)} i ON i.comparison_id = c.id
+            JOIN {rows.table(Response)} s ON s.id = i.response_id
+            WHERE c.id = %s AND r.status = %s AND p.is_active = %s
+              AND (p.open_to_all_annotators = %s OR EXISTS (
+                   SELECT 1 FROM {rows.table(through)} a WHERE a.project_id = p.id AND a.user_id = %s))
+            ORDER BY i.position""",
+        [comparison_id, Round.Status.OPEN.value, True, True, annotator.pk],
     )
-    return Progress(done_in_round=mine["round"], remaining=remaining, done_today=mine["today"])
+    if not found:
+        return None
+    widths = [rows.width(m) for m in (Comparison, Round, Project, Prompt, ComparisonItem, Response)]
+    bounds = [sum(widths[:i]) for i in range(len(widths) + 1)]
+
+    def part(row, index, model):
+        return rows.instance(model, row[bounds[index] : bounds[index + 1]])
+
+    comparison = part(found[0], 0, Comparison)
+    comparison.round = part(found[0], 1, Round)
+    comparison.round.project = part(found[0], 2, Project)
+    comparison.prompt = part(found[0], 3, Prompt)
+    items = []
+    for row in found:
+        item = part(row, 4, ComparisonItem)
+        item.response = part(row, 5, Response)
+        item.comparison = comparison
+        items.append(item)
+    rows.prefetched(comparison, "items", items)
+    return comparison
 
 
 # --- leases --------------------------------------------------------------------------------
@@ -130,6 +198,49 @@ def progress_for(annotator, round: Round, *, now: datetime | None = None) -> Pro
 
 def _expiry(project: Project, now: datetime) -> datetime:
     return now + timedelta(minutes=project.lease_minutes)
+
+
+def _held(annotator, project: Project, now: datetime) -> list[tuple[Lease, int]]:
+    """The annotator's live leases in ``project``, oldest first, each with its comparison's round id."""
+    found = rows.fetch(
+        f"""SELECT {rows.columns(Lease, "l")}, c.round_id
+            FROM {rows.table(Lease)} l
+            JOIN {rows.table(Comparison)} c ON c.id = l.comparison_id
+            JOIN {rows.table(Round)} r ON r.id = c.round_id
+            WHERE l.annotator_id = %s AND l.expires_at > %s AND r.project_id = %s
+            ORDER BY l.created_at""",
+        [annotator.pk, rows.db_value(Lease, "expires_at", now), project.pk],
+    )
+    return [(rows.instance(Lease, row[:-1]), row[-1]) for row in found]
+
+
+def _claim(annotator, round: Round, now: datetime, *, gold_first: bool, tried: list[int]) -> int | None:
+    """Lock and return the id of the first comparison the annotator may take, skipping locked rows.
+
+    The same conditions as ``_claimable`` (judged, skipped or handed out before: never
+    again; full with judgments plus live leases: not now), written out because this runs
+    on every submit.
+    """
+    judgment, skip, lease, comparison = (rows.table(m) for m in (Judgment, Skip, Lease, Comparison))
+    now_db = rows.db_value(Lease, "expires_at", now)
+    not_tried = f"AND c.id NOT IN ({', '.join(['%s'] * len(tried))})" if tried else ""
+    found = rows.fetch(
+        f"""SELECT c.id FROM {comparison} c
+            WHERE c.round_id = %s AND c.judgment_count < %s
+              AND c.id NOT IN (SELECT comparison_id FROM {judgment} WHERE annotator_id = %s)
+              AND c.id NOT IN (SELECT comparison_id FROM {skip} WHERE annotator_id = %s)
+              AND c.id NOT IN (SELECT comparison_id FROM {lease} WHERE annotator_id = %s)
+              AND c.id NOT IN (
+                  SELECT l.comparison_id FROM {lease} l JOIN {comparison} lc ON lc.id = l.comparison_id
+                  WHERE lc.round_id = %s AND l.expires_at > %s
+                  GROUP BY l.comparison_id, lc.judgment_count HAVING COUNT(*) >= %s - lc.judgment_count)
+              {not_tried}
+            ORDER BY c.is_gold {"DESC" if gold_first else "ASC"}, c.id
+            LIMIT 1{rows.for_update(skip_locked=True, of="c")}""",
+        [round.pk, round.project.overlap, annotator.pk, annotator.pk, annotator.pk, round.pk, now_db]
+        + [round.project.overlap, *tried],
+    )
+    return found[0][0] if found else None
 
 
 def comparison_next_for(
@@ -152,16 +263,15 @@ def comparison_next_for(
     project = round.project
     if round.status != Round.Status.OPEN:
         return None
-    held = list(
-        Lease.objects.filter(annotator=annotator, expires_at__gt=now, comparison__round__project=project)
-        .select_related("comparison__round")
-        .order_by("created_at")
-    )
+    held = _held(annotator, project, now)
     if resume:
-        for lease in held:
-            if lease.comparison.round_id == round.pk:
+        for lease, round_id in held:
+            if round_id == round.pk:
                 lease.expires_at = _expiry(project, now)
-                Lease.objects.filter(pk=lease.pk).update(expires_at=lease.expires_at)
+                rows.execute(
+                    f"UPDATE {rows.table(Lease)} SET expires_at = %s WHERE id = %s",
+                    [rows.db_value(Lease, "expires_at", lease.expires_at), lease.pk],
+                )
                 return lease
     if len(held) >= project.max_open_leases:
         raise LeaseCapReached(
@@ -169,34 +279,37 @@ def comparison_next_for(
         )
 
     want_gold = project.gold_rate > 0 and (rng or _system_random).random() < project.gold_rate
-    gold_first = F("is_gold").desc() if want_gold else F("is_gold").asc()
     tried: list[int] = []
     with transaction.atomic():
         # A handful of tries covers the rare race described in the module docstring.
         for _ in range(5):
-            comparison = (
-                _claimable(annotator, round, now)
-                .exclude(pk__in=tried)
-                .order_by(gold_first, "id")
-                .select_for_update(skip_locked=True, of=("self",))
-                .first()
-            )
-            if comparison is None:
+            comparison_id = _claim(annotator, round, now, gold_first=want_gold, tried=tried)
+            if comparison_id is None:
                 return None
-            live = Lease.objects.filter(comparison=comparison, expires_at__gt=now).count()
-            if comparison.judgment_count + live < project.overlap:
+            # A fresh statement, so a lease committed while we waited for the lock is counted.
+            found = rows.fetch(
+                f"""SELECT c.judgment_count, i.response_id,
+                        (SELECT COUNT(*) FROM {rows.table(Lease)} l WHERE l.comparison_id = c.id AND l.expires_at > %s)
+                    FROM {rows.table(Comparison)} c JOIN {rows.table(ComparisonItem)} i ON i.comparison_id = c.id
+                    WHERE c.id = %s""",
+                [rows.db_value(Lease, "expires_at", now), comparison_id],
+            )
+            judgment_count, _, live = found[0]
+            if judgment_count + live < project.overlap:
                 break
-            tried.append(comparison.pk)
+            tried.append(comparison_id)
         else:
             return None
-        order = list(
-            ComparisonItem.objects.filter(comparison=comparison).values_list("response_id", flat=True)
-        )
+        order = [response_id for _, response_id, _ in found]
         _system_random.shuffle(order)  # position bias is measured from Judgment.order_shown
-        lease = Lease.objects.create(
-            comparison=comparison, annotator=annotator, order=order, expires_at=_expiry(project, now)
+        lease = rows.insert(
+            Lease(
+                comparison_id=comparison_id,
+                annotator=annotator,
+                order=order,
+                expires_at=_expiry(project, now),
+            )
         )
-    lease.comparison = comparison
     return lease
 
 

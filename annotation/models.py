@@ -182,8 +182,13 @@ class Comparison(models.Model):
                 condition=~Q(is_gold=True) | Q(gold_ranking__isnull=False), name="gold_has_answer"
             ),
         ]
-        # "Next comparison" scans a round's items that still want judgments.
-        indexes = [models.Index(fields=["round", "judgment_count"], name="comparison_round_open")]
+        indexes = [
+            # Progress line: how many of a round's items still want judgments.
+            models.Index(fields=["round", "judgment_count"], name="comparison_round_open"),
+            # "Next comparison" walks a round's items in hand-out order (gold or not, then id)
+            # and stops at the first one the annotator may take (annotation.leases._claim).
+            models.Index(fields=["round", "is_gold", "id"], name="comparison_round_handout"),
+        ]
 
     def __str__(self) -> str:
         return f"Comparison {self.pk}"

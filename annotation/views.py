@@ -8,8 +8,7 @@ import time
 import uuid
 
 from django.contrib import messages
-from django.db.models import Prefetch
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -23,7 +22,7 @@ from annotation.judgments import (
     judgment_update,
     judgments_editable_by,
 )
-from annotation.models import Comparison, ComparisonItem, Judgment, Lease, Round
+from annotation.models import Comparison, Judgment, Lease, Round
 from annotation.rendering import markdown_to_safe_html
 from annotation.reports import comparison_report
 from webapp.roles import ANNOTATOR, role_required
@@ -37,11 +36,10 @@ WORK_PARTIAL = "annotation/partials/work.html"
 
 def _comparison_for(user, comparison_id: int) -> Comparison:
     """A comparison of an open round of a project open to ``user``, with what the page shows; else 404."""
-    items = ComparisonItem.objects.select_related("response").order_by("position")
-    queryset = Comparison.objects.select_related("round__project", "prompt").prefetch_related(
-        Prefetch("items", queryset=items)
-    )
-    return get_object_or_404(queryset, pk=comparison_id, round__in=leases.rounds_open_to(user))
+    comparison = leases.comparison_open_to(user, comparison_id)
+    if comparison is None:
+        raise Http404("No such comparison in a round open to you.")
+    return comparison
 
 
 # --- pages ----------------------------------------------------------------------------------

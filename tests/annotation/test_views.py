@@ -14,9 +14,10 @@ from tests.factories import make_project, make_round
 
 pytestmark = pytest.mark.django_db
 
-# Session, user and roles (3), then the work itself; neither grows with the round's size.
-NEXT_QUERIES = 16
-SUBMIT_QUERIES = 25  # includes rendering the next comparison
+# Session, then user with roles (webapp.auth), then the work itself; neither grows with the
+# round's size.
+NEXT_QUERIES = 12
+SUBMIT_QUERIES = 19  # includes claiming and rendering the next comparison
 
 
 def _client(user) -> Client:
