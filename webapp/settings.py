@@ -163,6 +163,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# ModelBackend that reads a user and their roles in one statement (webapp/auth.py).
+AUTHENTICATION_BACKENDS = ["webapp.auth.RoleAwareBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -195,6 +197,13 @@ MEDIA_ROOT = ARTIFACTS_DIR / "uploads"
 BASE_MODEL = env_str("BASE_MODEL") or None
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Caps on one prompt or preference-data import (annotation/importers.py), each checked
+# while the file streams and refused with a message naming it; the upload pages state them.
+IMPORT_MAX_UPLOAD_BYTES = env_int("IMPORT_MAX_UPLOAD_BYTES", 256 * 1024 * 1024)  # as sent, gzipped or not
+IMPORT_MAX_DECOMPRESSED_BYTES = env_int("IMPORT_MAX_DECOMPRESSED_BYTES", 1024 * 1024 * 1024)
+IMPORT_MAX_ROWS = env_int("IMPORT_MAX_ROWS", 1_000_000)
+IMPORT_MAX_LINE_BYTES = env_int("IMPORT_MAX_LINE_BYTES", 4 * 1024 * 1024)
+IMPORT_MAX_NESTING = env_int("IMPORT_MAX_NESTING", 32)  # JSON depth; a conversation row needs 3
 
 # --- Celery ---------------------------------------------------------------
 # Embedded mode: kombu's SQLAlchemy transport on its own SQLite file (never the
@@ -206,13 +215,6 @@ CELERY_TASK_ROUTES = {
     "training.tasks.generate_*": {"queue": "gpu"},
     "training.tasks.train_*": {"queue": "gpu"},
     "training.tasks.run_*": {"queue": "gpu"},
-# Caps on one prompt or preference-data import (annotation/importers.py), each checked
-# while the file streams and refused with a message naming it; the upload pages state them.
-IMPORT_MAX_UPLOAD_BYTES = env_int("IMPORT_MAX_UPLOAD_BYTES", 256 * 1024 * 1024)  # as sent, gzipped or not
-IMPORT_MAX_DECOMPRESSED_BYTES = env_int("IMPORT_MAX_DECOMPRESSED_BYTES", 1024 * 1024 * 1024)
-IMPORT_MAX_ROWS = env_int("IMPORT_MAX_ROWS", 1_000_000)
-IMPORT_MAX_LINE_BYTES = env_int("IMPORT_MAX_LINE_BYTES", 4 * 1024 * 1024)
-IMPORT_MAX_NESTING = env_int("IMPORT_MAX_NESTING", 32)  # JSON depth; a conversation row needs 3
 }
 # A run's state lives in its TrainingRun row, not in a result backend.
 CELERY_TASK_IGNORE_RESULT = True
