@@ -21,6 +21,7 @@ project's data through /api/ and /exports/, with annotators as per-project pseud
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 import zipfile
@@ -494,8 +495,6 @@ def body_text(response) -> str:
 
 def request(client: Client, method: str, path: str, data: dict | None):
     if path.startswith("/api/") and method != "GET":
-        import json
-
         return client.generic(method, path, json.dumps(data or {}), content_type="application/json")
     if method == "GET":
         return client.get(path)
@@ -659,6 +658,7 @@ def _matches(expected, hit: Hit) -> bool:
     return hit.status == expected
 
 
+@pytest.mark.slow  # the sweep: 147 requests x 6 roles, made once for the module
 def test_it_answers_every_url_and_role_as_the_table_says(sweep):
     expected = {}
     for key, path, ask in sweep.planned:
@@ -673,6 +673,7 @@ def test_it_answers_every_url_and_role_as_the_table_says(sweep):
     assert len(sweep.hits) == len(ROLES) * len(sweep.planned)
 
 
+@pytest.mark.slow  # the sweep: 147 requests x 6 roles, made once for the module
 def test_it_never_shows_a_role_what_is_not_theirs(sweep):
     leaks = []
     for h in sweep.hits + sweep.idor:
@@ -688,6 +689,7 @@ def test_it_never_shows_a_role_what_is_not_theirs(sweep):
     assert seen == set(SECRETS)
 
 
+@pytest.mark.slow  # the sweep: 147 requests x 6 roles, made once for the module
 def test_roles_without_a_write_change_nothing(sweep):
     for role in ("anonymous", "outsider", "annotator_elsewhere"):
         assert sweep.after[role] == sweep.before, role
@@ -697,12 +699,14 @@ def _without(fp: dict, *keys: str) -> dict:
     return {k: v for k, v in fp.items() if k not in keys}
 
 
+@pytest.mark.slow  # the sweep: 147 requests x 6 roles, made once for the module
 def test_a_researcher_only_adds_exports(sweep):
     before, after = sweep.before, sweep.after["researcher"]
     assert after["Export"] == before["Export"] + 2  # one from /exports/, one through the API
     assert _without(after, "Export") == _without(before, "Export")
 
 
+@pytest.mark.slow  # the sweep: 147 requests x 6 roles, made once for the module
 def test_an_annotator_changes_only_their_own_work(sweep):
     before, after = sweep.before, sweep.after["annotator"]
     assert (after["Judgment"], after["Skip"], after["Report"]) == (
@@ -719,6 +723,7 @@ def test_an_annotator_changes_only_their_own_work(sweep):
     assert _without(after, *mine) == _without(before, *mine)
 
 
+@pytest.mark.slow  # the sweep: 147 requests x 6 roles, made once for the module
 def test_annotators_get_404_for_other_projects_and_other_peoples_judgments(sweep):
     assert [(h.method, h.path, h.status) for h in sweep.idor if h.status != 404] == []
     assert sweep.after["idor"] == sweep.before
