@@ -727,3 +727,23 @@ def test_an_annotator_changes_only_their_own_work(sweep):
 def test_annotators_get_404_for_other_projects_and_other_peoples_judgments(sweep):
     assert [(h.method, h.path, h.status) for h in sweep.idor if h.status != 404] == []
     assert sweep.after["idor"] == sweep.before
+
+
+@pytest.mark.parametrize(
+    "next_url, lands_on",
+    [
+        ("/dashboard/runs/", "/dashboard/runs/"),
+        ("/\\evil.example/", None),  # browsers read /\ as //: another host
+        ("//evil.example/", None),
+        ("https://evil.example/", None),
+    ],
+)
+def test_dashboard_actions_send_admins_back_only_within_the_site(admin_user, project, next_url, lands_on):
+    from tests.factories import make_checkpoint
+
+    checkpoint = make_checkpoint(project)
+    client = Client()
+    client.force_login(admin_user)
+    response = client.post(f"/dashboard/checkpoints/{checkpoint.pk}/retire/", {"next": next_url})
+    assert response.status_code == 302
+    assert response["Location"] == (lands_on or f"/dashboard/projects/{project.pk}/checkpoints/")

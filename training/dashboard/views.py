@@ -17,6 +17,7 @@ from django.db.models import Count, Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation.models import Project, Prompt, Response
@@ -70,8 +71,12 @@ def _annotator(user_id: int):
 
 def _next_or(request: HttpRequest, fallback: str) -> str:
     target = request.POST.get("next", "")
-    # Only same-site paths: never bounce an admin to another host.
-    return target if target.startswith("/") and not target.startswith("//") else fallback
+    # Only same-site paths: never bounce an admin to another host. A browser reads "/\\host"
+    # as "//host", so a leading slash is not enough; Django's own check knows the tricks.
+    same_site = target.startswith("/") and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return target if same_site else fallback
 
 
 # --- overview and projects --------------------------------------------------------------------
