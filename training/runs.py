@@ -4,29 +4,62 @@ Every long job (generation, reward model, PPO, loop, export) is a TrainingRun ro
 and a Celery task that receives only the run's id. The row is the truth: tasks
 claim it with a conditional UPDATE, so a duplicate delivery or a second worker
 does nothing twice, and a redelivery after a killed worker resumes it.
+
+A worker that dies (SIGKILL, OOM killer, power cut) cannot say so. While a run is
+claimed, a heartbeat thread touches ``heartbeat_at`` every few seconds, even through
+long silent steps (loading a model, one slow batch). A running run whose heartbeat is
+older than ``RUN_STALE_AFTER_SECONDS`` is presumed lost: :func:`runs_reap_lost` fails
+it with a plain reason (called when a worker starts and when the dashboard lists or
+shows runs), and the admin's Retry resumes it from what it saved. Every write a worker
+makes to its run is fenced by the attempt number it claimed, so a worker that was
+presumed dead but was not cannot overwrite the run once it is failed or claimed again;
+it notices at its next heartbeat and stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
-from django.db import transaction
-from django.db.models import Q
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from training.models import Metric, TrainingRun
 
 log = logging.getLogger(__name__)
 
-# A running run whose worker has not written a heartbeat for this long is presumed
-# dead (SIGKILL, OOM, power cut): a redelivered task may take it over and resume.
-STALE_AFTER = timedelta(minutes=2)
 LOG_TAIL_LINES = 200
+# A live run's heartbeat is written at least this often (more often with a short stale window).
+HEARTBEAT_MAX_SECONDS = 10.0
+# What the admin's Retry does for each kind of run, said when a run is declared lost.
+RETRY_AFTER_LOSS = {
+    TrainingRun.Kind.GENERATE: "Retry continues with the responses already saved.",
+    TrainingRun.Kind.REWARD_MODEL: "Retry trains the reward model again from the start.",
+    TrainingRun.Kind.PPO: "Retry resumes from the last saved PPO state (saved every save_every updates).",
+    TrainingRun.Kind.LOOP: "Retry skips the steps that already finished.",
+}
+
+
+def stale_after() -> timedelta:
+    """How long a running run's heartbeat may be silent before its worker is presumed dead.
+
+    A redelivered task may then take the run over (:func:`run_claim`) and the reaper
+    fails it (:func:`runs_reap_lost`). Web and workers must agree on it.
+    """
+    return timedelta(seconds=settings.RUN_STALE_AFTER_SECONDS)
+
+
+def heartbeat_interval() -> float:
+    """Seconds between two heartbeats: four beats fit in the stale window, so one slow write is not a death."""
+    return min(HEARTBEAT_MAX_SECONDS, stale_after().total_seconds() / 4)
 
 
 class QueueUnavailable(Exception):
@@ -81,14 +114,19 @@ def run_claim(run_id: int) -> TrainingRun | None:
 
     Claims a queued run, or a running one whose heartbeat is stale (its worker died
     and the broker redelivered the task). A finished or cancelled run, or one that
-    another live worker holds, is left alone: duplicate deliveries are no-ops.
+    another live worker holds, is left alone: duplicate deliveries are no-ops. The
+    claim counts the attempt in the same UPDATE; that number fences this worker's writes.
     """
     now = timezone.now()
     claimable = Q(status=TrainingRun.Status.QUEUED) | Q(
-        status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER
+        status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - stale_after()
     )
     claimed = TrainingRun.objects.filter(claimable, pk=run_id, cancel_requested=False).update(
-        status=TrainingRun.Status.RUNNING, heartbeat_at=now, error=""
+        status=TrainingRun.Status.RUNNING,
+        heartbeat_at=now,
+        error="",
+        attempts=F("attempts") + 1,
+        started_at=Coalesce("started_at", now),
     )
     if not claimed:
         # A queued run cancelled before any worker picked it up ends here.
@@ -96,12 +134,12 @@ def run_claim(run_id: int) -> TrainingRun | None:
             status=TrainingRun.Status.CANCELLED, finished_at=now
         )
         return None
-    run = TrainingRun.objects.get(pk=run_id)
-    if run.started_at is None:
-        run.started_at = now
-    run.attempts += 1
-    run.save(update_fields=["started_at", "attempts"])
-    return run
+    return TrainingRun.objects.get(pk=run_id)
+
+
+def _held(run: TrainingRun):
+    """The run's row as long as this attempt holds it: running, and not claimed again since."""
+    return TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, attempts=run.attempts)
 
 
 class RunReporter:
@@ -117,6 +155,7 @@ class RunReporter:
         self._last_write = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
+        self.lost = False  # set when the run was declared lost or claimed by another attempt
         self._metrics: list[Metric] = []
         self._log_lines: list[str] = run.log_tail.splitlines()[-LOG_TAIL_LINES:]
 
@@ -157,7 +196,7 @@ class RunReporter:
             self._metrics = []
         self.run.log_tail = "\n".join(self._log_lines)
         self.run.heartbeat_at = timezone.now()
-        TrainingRun.objects.filter(pk=self.run.pk).update(
+        written = _held(self.run).update(
             progress_done=self.run.progress_done,
             progress_total=self.run.progress_total,
             stage=self.run.stage[:200],
@@ -165,11 +204,26 @@ class RunReporter:
             heartbeat_at=self.run.heartbeat_at,
             outputs=self.run.outputs,
         )
+        if not written:
+            self.run_lost()
         self._last_write = time.monotonic()
+
+    def run_lost(self) -> None:
+        """The run is no longer this attempt's (declared lost, or claimed again): stop working on it."""
+        if not self.lost:
+            log.warning(
+                "run %s: this worker no longer holds the run (attempt %s); stopping.",
+                self.run.pk,
+                self.run.attempts,
+            )
+        self.lost = True
 
     # --- cancellation -----------------------------------------------------
     def should_stop(self) -> bool:
-        """True once an admin asked to cancel; checks the database at most once a second."""
+        """True once an admin asked to cancel, or the run was taken from this worker; checks the
+        database at most once a second."""
+        if self.lost:
+            return True
         if not self._cancelled and time.monotonic() - self._last_cancel_check >= 1.0:
             self._last_cancel_check = time.monotonic()
             self._cancelled = TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists()
@@ -180,9 +234,52 @@ class RunReporter:
             raise RunCancelled
 
 
+class _Heartbeat(threading.Thread):
+    """Touches the run's ``heartbeat_at`` every ``interval`` seconds while the run is alive.
+
+    Progress writes alone do not prove life: loading a model or one long batch can be
+    silent for minutes. The thread has its own database connection and closes it when
+    it ends. When the row is no longer this attempt's, it tells the reporter and stops.
+    """
+
+    def __init__(self, reporter: RunReporter, interval: float):
+        super().__init__(name=f"run-{reporter.run.pk}-heartbeat", daemon=True)
+        self.reporter, self.interval = reporter, interval
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._done.wait(self.interval):
+                try:
+                    beat = _held(self.reporter.run).update(heartbeat_at=timezone.now())
+                except DatabaseError:  # a blip: the next beat tries again on a fresh connection
+                    log.warning("run %s: heartbeat failed", self.reporter.run.pk, exc_info=True)
+                    connection.close()
+                    continue
+                if not beat:
+                    self.reporter.run_lost()
+                    return
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=30)
+
+
+def _heartbeat_start(reporter: RunReporter) -> _Heartbeat | None:
+    # Inside a transaction (a test, or a caller's atomic block) another connection cannot see
+    # the row, or waits on its lock; such a run lives and ends within that one call anyway.
+    if transaction.get_connection().in_atomic_block:
+        return None
+    heartbeat = _Heartbeat(reporter, heartbeat_interval())
+    heartbeat.start()
+    return heartbeat
+
+
 def run_finish(run: TrainingRun, *, status: str, error: str = "") -> None:
-    """Record the end of a run once; a run already finished is left as it is."""
-    TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
+    """Record the end of a run once; a run already finished, or no longer this attempt's, is left as it is."""
+    _held(run).update(
         status=status,
         error=error,
         finished_at=timezone.now(),
@@ -214,7 +311,8 @@ def running(run_id: int) -> Iterator[RunReporter | None]:
     """Claim the run and yield a reporter (None when there is nothing to do).
 
     Ends the run as succeeded when the block completes, cancelled on RunCancelled,
-    failed with a readable reason on any other exception.
+    failed with a readable reason on any other exception. A run taken from this worker
+    meanwhile (declared lost, or claimed by another attempt) is left as its new owner has it.
     """
     run = run_claim(run_id)
     if run is None:
@@ -222,27 +320,97 @@ def running(run_id: int) -> Iterator[RunReporter | None]:
         return
     reporter = RunReporter(run)
     reporter.log(f"Started on attempt {run.attempts}.")
+    heartbeat = _heartbeat_start(reporter)
     try:
-        yield reporter
+        with contextlib.ExitStack() as stack:
+            if heartbeat is not None:
+                stack.callback(heartbeat.stop)
+            yield reporter
     except RunCancelled:
-        reporter.log("Cancelled at the admin's request.")
-        reporter.flush()
-        run_finish(run, status=TrainingRun.Status.CANCELLED)
+        _run_end(reporter, TrainingRun.Status.CANCELLED, "Cancelled at the admin's request.")
     except Exception as exc:
-        reporter.log(traceback.format_exc(limit=8))
-        reporter.flush()
-        run_finish(run, status=TrainingRun.Status.FAILED, error=describe_error(exc))
+        _run_end(
+            reporter, TrainingRun.Status.FAILED, traceback.format_exc(limit=8), error=describe_error(exc)
+        )
         log.exception("run %s failed", run_id)
     else:
         if reporter.should_stop():
-            reporter.log("Cancelled at the admin's request.")
-            reporter.flush()
-            run_finish(run, status=TrainingRun.Status.CANCELLED)
+            _run_end(reporter, TrainingRun.Status.CANCELLED, "Cancelled at the admin's request.")
             return
         reporter.progress(run.progress_total, run.progress_total, force=True)
-        reporter.log("Finished.")
-        reporter.flush()
-        run_finish(run, status=TrainingRun.Status.SUCCEEDED)
+        _run_end(reporter, TrainingRun.Status.SUCCEEDED, "Finished.")
+
+
+def _run_end(reporter: RunReporter, status: str, line: str, *, error: str = "") -> None:
+    if reporter.lost:
+        log.warning(
+            "run %s: attempt %s ended (%s) after losing the run",
+            reporter.run.pk,
+            reporter.run.attempts,
+            status,
+        )
+        return
+    reporter.log(line)
+    reporter.flush()
+    run_finish(reporter.run, status=status, error=error)
+
+
+def lost_reason(run: TrainingRun) -> str:
+    """Why a lost run failed, in the words the dashboard shows."""
+    seen = timezone.localtime(run.heartbeat_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+    hint = RETRY_AFTER_LOSS.get(run.kind, "Retry runs it again.")
+    return f"The worker stopped responding at {seen} (killed or lost). {hint}"
+
+
+def runs_reap_lost(*, now=None) -> list[TrainingRun]:
+    """Fail every running run whose heartbeat is older than :func:`stale_after`; the runs failed.
+
+    Each run is failed with a conditional UPDATE on the heartbeat it was seen with, so a
+    worker that beats in between keeps its run. A lost loop takes its unfinished steps
+    with it; a lost generation run fails its round (retryable, ``round_retry``). A chunked
+    round's own run is never reaped: it has no worker, it follows its chunks. Cheap when
+    nothing is lost (one query): the dashboard calls it on every look at the runs.
+    """
+    now = now or timezone.now()
+    chunked_round = Q(kind=TrainingRun.Kind.GENERATE) & Exists(
+        TrainingRun.objects.filter(parent=OuterRef("pk"))
+    )
+    suspects = list(
+        TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - stale_after())
+        .exclude(chunked_round)
+        .only("pk", "kind", "heartbeat_at", "log_tail", "parent_id")
+    )
+    reaped = []
+    for run in suspects:
+        if _reap(run, now):
+            log.warning("run %s declared lost: %s", run.pk, run.error)
+            reaped.append(run)
+    return reaped
+
+
+@transaction.atomic
+def _reap(run: TrainingRun, now) -> bool:
+    """Fail one lost run (and what fails with it) in one transaction; False when it beat meanwhile."""
+    reason = lost_reason(run)
+    stamp = timezone.localtime(now).strftime("%H:%M:%S")
+    lines = [*run.log_tail.splitlines(), f"{stamp} Declared lost: {reason}"][-LOG_TAIL_LINES:]
+    failed = TrainingRun.objects.filter(
+        pk=run.pk, status=TrainingRun.Status.RUNNING, heartbeat_at=run.heartbeat_at
+    ).update(status=TrainingRun.Status.FAILED, error=reason, finished_at=now, log_tail="\n".join(lines))
+    if not failed:
+        return False
+    run.status, run.error, run.finished_at = TrainingRun.Status.FAILED, reason, now
+    if run.kind == TrainingRun.Kind.LOOP:
+        TrainingRun.objects.filter(parent_id=run.pk, status__in=TrainingRun.ACTIVE).update(
+            status=TrainingRun.Status.FAILED,
+            error=f"The loop (run #{run.pk}) stopped with it: {reason}",
+            finished_at=now,
+        )
+    if run.kind == TrainingRun.Kind.GENERATE:
+        from training.rounds import generation_settle  # rounds builds on this module
+
+        generation_settle(run.pk)  # the round fails with the same reason, ready for round_retry
+    return True
 
 
 def run_cancel(run: TrainingRun) -> None:

@@ -7,7 +7,28 @@ to enqueue tasks and must start without torch.
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
+from celery.signals import worker_ready
+
+log = logging.getLogger(__name__)
+
+
+@worker_ready.connect
+def reap_lost_runs_on_start(**kwargs) -> None:
+    """A worker that starts fails the runs whose workers died (often its own previous life)."""
+    from django.db import DatabaseError
+
+    from training.runs import runs_reap_lost
+
+    try:
+        reaped = runs_reap_lost()
+    except DatabaseError:  # the worker still serves tasks; the dashboard reaps later
+        log.warning("Could not check for lost runs at start-up", exc_info=True)
+        return
+    for run in reaped:
+        log.warning("%s was running on a worker that stopped responding; it is now failed.", run)
 
 
 @shared_task(name="training.tasks.ping")

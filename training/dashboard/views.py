@@ -29,7 +29,7 @@ from training.dashboard.overview import project_summaries
 from training.forms import LAUNCH_FORMS
 from training.leaderboard_data import leaderboard_for
 from training.models import Checkpoint, Metric, TrainingRun
-from training.runs import QueueUnavailable, run_cancel
+from training.runs import QueueUnavailable, run_cancel, runs_reap_lost
 from webapp.roles import ADMIN, role_required
 
 admin_only = role_required(ADMIN)
@@ -85,6 +85,7 @@ def _next_or(request: HttpRequest, fallback: str) -> str:
 @admin_only
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
+    runs_reap_lost()  # a run whose worker died shows as failed, not as running forever
     return render(request, "dashboard/overview.html", {"summaries": project_summaries()})
 
 
@@ -178,6 +179,7 @@ def launch(request: HttpRequest, project_id: int, kind: str) -> HttpResponse:
 @admin_only
 @require_GET
 def runs(request: HttpRequest) -> HttpResponse:
+    runs_reap_lost()
     queryset = TrainingRun.objects.select_related("project", "created_by")
     project = None
     if request.GET.get("project", "").isdigit():
@@ -230,6 +232,7 @@ def _live_context(run: TrainingRun) -> dict:
 @admin_only
 @require_GET
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    runs_reap_lost()  # polled every few seconds while the run is active: a dead worker shows up here
     run = _run(run_id)
     if request.htmx:
         # The polled part: status, progress, stage, log. Rendered without hx-trigger once
