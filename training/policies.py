@@ -67,6 +67,9 @@ def ppo_train(*, run: TrainingRun, reporter: RunReporter) -> Checkpoint:
             reporter.progress(update, total, "PPO updates"),
         ),
         should_stop=reporter.should_stop,
+        # Metrics up to a saved state are written with it: a resume after a crash starts
+        # after that state, so anything still buffered would be missing from the charts.
+        on_state_saved=lambda path: reporter.flush(),
         on_log=reporter.log,
     )
     if not is_complete_checkpoint(output_dir):
