@@ -236,7 +236,7 @@ def test_it_reports_a_line_over_the_limit_and_reads_on(project, tmp_path):
 
     result = import_prompts(project=project, file=file, max_line_bytes=1000, skip_bad=True)
 
-    assert result.errors == [(2, "line is too long (over the line-length limit)")]
+    assert result.errors == [(2, "line is too long (over the line-length limit of 1,000 bytes)")]
     assert (result.imported, result.skipped) == (2, 1)
 
 
@@ -265,16 +265,16 @@ def test_it_refuses_a_truncated_gzip_even_when_skipping_bad_rows(project, tmp_pa
 @pytest.mark.django_db
 def test_an_unexpected_failure_half_way_leaves_nothing_behind(project, tmp_path, monkeypatch):
     monkeypatch.setattr(importers, "BATCH_ROWS", 2)
-    real = Prompt.objects.bulk_create
+    real = importers._insert_prompts
     calls = []
 
-    def flaky(objs, *args, **kwargs):
-        calls.append(len(objs))
+    def flaky(project, source, rows):
+        calls.append(len(rows))
         if len(calls) == 2:
             raise RuntimeError("disk on fire")
-        return real(objs, *args, **kwargs)
+        return real(project, source, rows)
 
-    monkeypatch.setattr(Prompt.objects, "bulk_create", flaky)
+    monkeypatch.setattr(importers, "_insert_prompts", flaky)
     file = write_lines(tmp_path / "p.jsonl", [GOOD] * 5)
 
     with pytest.raises(RuntimeError, match="disk on fire"):
