@@ -39,9 +39,9 @@ def test_it_keeps_the_query_count_flat(admin_client, annotator, other_annotator,
     add_project("One", [annotator, other_annotator])
     url = reverse("dashboard")
     admin_client.get(url)  # warm up
-    # session, user, roles, lost runs (reaper), projects, rounds, checkpoints, runs,
+    # session, user with roles, lost runs (reaper), projects, rounds, checkpoints, runs,
     # judgments + items (votes), judgments (alpha)
-    with django_assert_num_queries(11) as one:
+    with django_assert_num_queries(10) as one:
         admin_client.get(url)
     add_project("Two", [annotator])
     add_project("Three", [other_annotator])
