@@ -21,6 +21,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response as APIResponse
 from rest_framework.routers import DefaultRouter
 
@@ -29,6 +30,7 @@ from training import serializers as s
 from training.exports import export_create, export_file
 from training.launch import LAUNCHERS
 from training.models import Checkpoint, Export, TrainingRun
+from training.parsers import StorableJSONParser, api_error
 from training.runs import QueueUnavailable
 from webapp.roles import ADMIN, RESEARCHER, has_role
 
@@ -122,7 +124,12 @@ PROJECT = P("project", description="Project id.")
 
 class _Base(viewsets.GenericViewSet):
     permission_classes = [ResearchersReadAdminsWrite]
+    # JSON the database can store, or a 400 (training/parsers.py)
+    parser_classes = [StorableJSONParser, FormParser, MultiPartParser]
     researcher_writes: tuple[str, ...] = ()
+
+    def handle_exception(self, exc):
+        return super().handle_exception(api_error(exc))
 
 
 # --- resources ------------------------------------------------------------------------------

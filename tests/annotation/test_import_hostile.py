@@ -28,15 +28,17 @@ from django.contrib import admin
 from django.contrib.messages import get_messages
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
-from django.urls import path, reverse
+from django.urls import include, path, reverse
 from hypothesis import HealthCheck, assume, given, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from annotation.models import Comparison, ComparisonItem, Judgment, Prompt, Response
+from tests.api.conftest import no_queue, token_client  # noqa: F401  (no_queue: a fixture)
+from training.models import Export, TrainingRun
 
-# Only the admin: these pages must not depend on the rest of the site's URLs.
-urlpatterns = [path("admin/", admin.site.urls)]
+# The admin and the API only: these pages must not depend on the rest of the site's URLs.
+urlpatterns = [path("admin/", admin.site.urls), path("api/", include("training.api"))]
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
 MODELS = (Prompt, Response, Comparison, ComparisonItem, Judgment)
@@ -663,3 +665,74 @@ def test_a_csv_field_may_be_as_long_as_a_line_and_no_longer(admin_client, projec
 
     assert "line 3: malformed CSV: a field is longer than 1 MiB, the line-length limit" in said(response)
     assert [p.conversation[0]["content"] for p in Prompt.objects.all()] == [long]
+
+
+# --- the API's JSON bodies ----------------------------------------------------------------------
+
+NASTY_STRINGS = [
+    '"nul \\u0000 inside"',
+    '"half \\ud800 a pair"',
+    '"\\udfff"',
+    '"x" ' + "]" * 3,  # trailing garbage
+]
+
+
+def json_bodies(project) -> list[tuple[str, bytes]]:
+    """Each write endpoint with a JSON body that is hostile in one place."""
+    out = []
+    for nasty in NASTY_STRINGS:
+        out += [
+            (
+                "/api/prompts/",
+                f'{{"project": {project.pk}, "conversation": [{{"role": "user", "content": {nasty}}}]}}',
+            ),
+            (
+                "/api/prompts/",
+                f'{{"project": {project.pk}, "conversation": [{{"role": "user", "content": "ok"}}], "tags": [{nasty}]}}',
+            ),
+            (
+                "/api/runs/",
+                f'{{"project": {project.pk}, "kind": "reward_model", "config": {{"note": {nasty}}}}}',
+            ),
+            ("/api/runs/", f'{{"project": {project.pk}, "kind": "reward_model", "config": {{{nasty}: 1}}}}'),
+            ("/api/exports/", f'{{"project": {project.pk}, "format": "trl-jsonl", "licence": {nasty}}}'),
+            ("/api/projects/", f'{{"name": {nasty}}}'),
+        ]
+    deep = "[" * 100_000 + "]" * 100_000
+    out += [
+        ("/api/prompts/", f'{{"project": {project.pk}, "conversation": {deep}}}'),
+        ("/api/runs/", f'{{"project": {project.pk}, "kind": "reward_model", "config": {{"a": {deep}}}}}'),
+        (
+            "/api/runs/",
+            f'{{"project": {project.pk}, "kind": "reward_model", "config": {{"a": '
+            + "[" * 200
+            + "]" * 200
+            + "}}",
+        ),
+    ]
+    return [(url, body.encode()) for url, body in out]
+
+
+@pytest.mark.usefixtures("no_queue")  # were a launch to get through, it would reach no broker
+def test_hostile_json_bodies_get_a_400_from_the_api_and_write_nothing(admin_user, project):
+    client = token_client(admin_user)
+    before = (counts(), TrainingRun.objects.count(), Export.objects.count())
+
+    for url, body in json_bodies(project):
+        response = client.post(url, body, content_type="application/json")
+        assert response.status_code == 400, (url, body[:120], response.status_code, response.content[:300])
+        assert response.json()
+
+    assert (counts(), TrainingRun.objects.count(), Export.objects.count()) == before
+
+
+def test_an_api_body_over_djangos_limit_is_a_413_with_a_message(admin_user, project, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64 << 10
+    body = json.dumps(
+        {"project": project.pk, "conversation": [{"role": "user", "content": "x" * (80 << 10)}]}
+    )
+
+    response = token_client(admin_user).post("/api/prompts/", body, content_type="application/json")
+
+    assert response.status_code == 413 and "64 KiB" in response.json()["detail"]
+    assert not Prompt.objects.exists()
