@@ -31,7 +31,7 @@ from training.exports import export_create, export_file
 from training.launch import LAUNCHERS
 from training.models import Checkpoint, Export, TrainingRun
 from training.parsers import StorableJSONParser, api_error
-from training.runs import QueueUnavailable
+from training.runs import QueueUnavailable, runs_reap_lost
 from webapp.roles import ADMIN, RESEARCHER, has_role
 
 # --- access ---------------------------------------------------------------------------------
@@ -278,6 +278,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
     serializer_class = s.RunSerializer
 
     def get_queryset(self):
+        runs_reap_lost()  # a client polling a run whose worker died sees it failed, not running forever
         r = self.request
         return _filter(
             TrainingRun.objects.order_by("-created_at", "-id"),

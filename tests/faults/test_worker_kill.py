@@ -250,9 +250,9 @@ def test_a_reward_model_whose_worker_is_killed_is_failed_by_the_dashboard_and_re
     run = reward_model_launch(project=project, config={"base_checkpoint_id": base.pk, "training": TINY_RM})
 
     wait_for(
-        lambda: refreshed(run).progress_done > 0,
+        lambda: refreshed(run).progress_done > 0 and Metric.objects.filter(run=run, name="loss").exists(),
         timeout=BOOT,
-        what="training steps",
+        what="training steps and their loss",
         every=0.05,
         worker=first,
     )
@@ -260,7 +260,7 @@ def test_a_reward_model_whose_worker_is_killed_is_failed_by_the_dashboard_and_re
     second = workers.start()  # boots while the dead worker's heartbeat goes stale
 
     assert 0 < refreshed(run).progress_done < run.progress_total, "training ended before the kill"
-    assert run.status == TrainingRun.Status.RUNNING and Metric.objects.filter(run=run, name="loss").exists()
+    assert run.status == TrainingRun.Status.RUNNING
     assert not RewardModel.objects.exists()
     assert not reward_model_dir(run).exists()
     assert_nothing_half_written(Path(settings.ARTIFACTS_DIR))
@@ -442,3 +442,22 @@ def test_a_partial_write_left_by_a_killed_writer_is_never_read_and_is_cleared_by
 
     assert is_complete_checkpoint(final) and partial_writes(final) == []
     assert sorted(p.name for p in final.parent.iterdir()) == ["run-7"]
+
+
+def test_a_script_polling_a_lost_run_through_the_api_sees_it_failed(project, admin_user, settings):
+    from rest_framework.test import APIClient
+
+    settings.RUN_STALE_AFTER_SECONDS = 60
+    run = TrainingRun.objects.create(
+        project=project,
+        kind="ppo",
+        status=TrainingRun.Status.RUNNING,
+        heartbeat_at=timezone.now() - timedelta(seconds=61),
+    )
+    client = APIClient()
+    client.force_authenticate(admin_user)
+
+    body = client.get(f"/api/runs/{run.pk}/").json()
+
+    assert body["status"] == "failed"
+    assert body["error"].startswith("The worker stopped responding at ")
