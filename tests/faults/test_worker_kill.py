@@ -183,20 +183,21 @@ def test_a_round_whose_worker_is_killed_fails_when_a_worker_starts_and_retry_fil
     assert refreshed(round).status == Round.Status.FAILED and round.error == run.error
 
     run_retry_launch(run)  # what the dashboard's Retry does for a generation run
+    # The round opens inside the task; the run is recorded as finished just after.
     wait_for(
-        lambda: refreshed(round).status != Round.Status.GENERATING,
+        lambda: refreshed(run).status not in TrainingRun.ACTIVE,
         timeout=BOOT,
-        what="the retried round to open",
+        what="the retried generation to finish",
         worker=second,
     )
-    assert round.status == Round.Status.OPEN, round.error
+    assert refreshed(round).status == Round.Status.OPEN, round.error
     keys = list(
         Response.objects.filter(round=round).values_list("prompt_id", "checkpoint_id", "sample_index")
     )
     assert len(keys) == len(set(keys)) == total
     assert saved <= set(Response.objects.filter(round=round).values_list("pk", "text"))  # kept, not redone
     assert round.comparisons.count() == 12
-    assert (refreshed(run).status, run.attempts) == (TrainingRun.Status.SUCCEEDED, 2)
+    assert (run.status, run.attempts) == (TrainingRun.Status.SUCCEEDED, 2), run.error
 
 
 # --- reward model ---------------------------------------------------------------------
