@@ -61,17 +61,16 @@ def ppo_train(*, run: TrainingRun, reporter: RunReporter) -> Checkpoint:
         raise ValueError(f"{run.project} has no training prompts for PPO to sample from.")
     config = PPOConfig.from_dict(run.config.get("training", {}))
     output_dir, state_dir = policy_dir(run), run_dir(run) / "ppo-state"
-    hooks = PPOHooks(
-        on_update=lambda update, total, metrics: (
-            reporter.metrics(update, metrics),
-            reporter.progress(update, total, "PPO updates"),
-        ),
-        should_stop=reporter.should_stop,
-        # Metrics up to a saved state are written with it: a resume after a crash starts
-        # after that state, so anything still buffered would be missing from the charts.
-        on_state_saved=lambda path: reporter.flush(),
-        on_log=reporter.log,
-    )
+
+    def on_update(update: int, total: int, metrics: dict[str, float]) -> None:
+        reporter.metrics(update, metrics)
+        reporter.progress(update, total, "PPO updates")
+        if config.save_every and update % config.save_every == 0:
+            # Written before the state this update saves: a resume after a crash starts after
+            # that state, so metrics still buffered then would be missing from the charts.
+            reporter.flush()
+
+    hooks = PPOHooks(on_update=on_update, should_stop=reporter.should_stop, on_log=reporter.log)
     if not is_complete_checkpoint(output_dir):
         state = latest_state(state_dir) if state_dir.exists() else None
         if (num_processes := process_count(run.config)) > 1:
