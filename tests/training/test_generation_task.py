@@ -12,11 +12,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from annotation.models import Response, Round
 from tests.training.conftest import make_checkpoint, make_prompts
+from tests.workers import Worker, database_url
 from training.ml import generation
 from training.models import TrainingRun
 from training.rounds import round_open, round_retry
@@ -189,11 +189,12 @@ REDIS_URL = os.environ.get("ROUNDS_TEST_BROKER_URL", "redis://127.0.0.1:6379/11"
 
 
 def _subprocess_env(**extra):
-    db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    if db["PASSWORD"]:
-        url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {**os.environ, "DATABASE_URL": url, "CELERY_TASK_ALWAYS_EAGER": "false", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("CELERY_TASK_EAGER_PROPAGATES", None)
     return {**env, **extra}
 
@@ -227,40 +228,13 @@ def _redis():
 
 
 @pytest.fixture
-def worker(transactional_db):
+def worker(transactional_db, tmp_path):
     """A real Celery worker on the default and gpu queues, sharing the test database."""
     broker = _redis()
     broker.flushdb()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"rounds-worker-{os.getpid()}.log", "w+")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "webapp",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "-c",
-            "1",
-            "--pool",
-            "solo",
-        ]
-        + ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-        cwd=ROOT,
-        env=_subprocess_env(CELERY_BROKER_URL=REDIS_URL),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield process, log
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    process = Worker(env={"CELERY_BROKER_URL": REDIS_URL}, log_path=tmp_path / "worker.log")
+    yield process
+    process.stop()
     broker.flushdb()
 
 
@@ -268,7 +242,6 @@ def worker(transactional_db):
 @needs_postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_fills_a_chunked_round_and_opens_it(project, tiny_checkpoint, worker):
-    process, log = worker
     make_prompts(project, 3)
     make_checkpoint(project, tiny_checkpoint)
 
@@ -286,11 +259,10 @@ def test_a_real_worker_fills_a_chunked_round_and_opens_it(project, tiny_checkpoi
 
     round = Round.objects.get(project=project)
     deadline = time.monotonic() + 180
-    while round.status == Round.Status.GENERATING and time.monotonic() < deadline and process.poll() is None:
+    while round.status == Round.Status.GENERATING and time.monotonic() < deadline and worker.alive():
         time.sleep(0.5)
         round.refresh_from_db()
-    log.seek(0)
-    assert round.status == Round.Status.OPEN, f"round is {round.status} {round.error}\n{log.read()[-3000:]}"
+    assert round.status == Round.Status.OPEN, f"round is {round.status} {round.error}\n{worker.output(3000)}"
     assert Response.objects.filter(round=round).count() == 6 and round.comparisons.count() == 3
     parent = round.generation_run
     parent.refresh_from_db()
