@@ -277,8 +277,12 @@ class CheckpointViewSet(viewsets.ReadOnlyModelViewSet, _Base):
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, _Base):
     serializer_class = s.RunSerializer
 
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authenticated and allowed from here on
+        if request.method == "GET":
+            runs_reap_lost()  # a client polling a run whose worker died sees it failed, not running forever
+
     def get_queryset(self):
-        runs_reap_lost()  # a client polling a run whose worker died sees it failed, not running forever
         r = self.request
         return _filter(
             TrainingRun.objects.order_by("-created_at", "-id"),
