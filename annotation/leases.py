@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from annotation import rows
@@ -70,44 +70,7 @@ def rounds_open_to(annotator) -> QuerySet[Round]:
     ).select_related("project")
 
 
-# --- the pool ------------------------------------------------------------------------------
-
-
-def _filled_by_live_leases(round: Round, now: datetime) -> QuerySet:
-    """Ids of the round's comparisons whose judgments plus live leases already reach the overlap.
-
-    Uncorrelated on purpose: Postgres computes it once (only comparisons someone holds
-    right now, a set the size of the active crowd) instead of once per candidate row.
-    """
-    return (
-        Lease.objects.filter(comparison__round=round, expires_at__gt=now)
-        .values("comparison_id", "comparison__judgment_count")
-        .annotate(live=Count("pk"))
-        .filter(live__gte=round.project.overlap - F("comparison__judgment_count"))
-        .values("comparison_id")
-    )
-
-
-def _seen_by(annotator) -> Q:
-    """Comparisons the annotator has judged, skipped or been handed (live or expired).
-
-    Uncorrelated ``IN`` subqueries on the annotator's own rows (each read through an
-    index on annotator): Postgres hashes each set once, whatever its estimates for a
-    freshly opened round say.
-    """
-    return (
-        Q(pk__in=Judgment.objects.filter(annotator=annotator).values("comparison_id"))
-        | Q(pk__in=Skip.objects.filter(annotator=annotator).values("comparison_id"))
-        | Q(pk__in=Lease.objects.filter(annotator=annotator).values("comparison_id"))
-    )
-
-
-def _claimable(annotator, round: Round, now: datetime) -> QuerySet[Comparison]:
-    return (
-        Comparison.objects.filter(round=round, judgment_count__lt=round.project.overlap)
-        .exclude(_seen_by(annotator))
-        .exclude(pk__in=_filled_by_live_leases(round, now))
-    )
+# --- what the page shows -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -221,9 +184,12 @@ def _held(annotator, project: Project, now: datetime) -> list[tuple[Lease, int]]
 def _claim(annotator, round: Round, now: datetime, *, gold_first: bool, tried: list[int]) -> int | None:
     """Lock and return the id of the first comparison the annotator may take, skipping locked rows.
 
-    The same conditions as ``_claimable`` (judged, skipped or handed out before: never
-    again; full with judgments plus live leases: not now), written out because this runs
-    on every submit.
+    Never one the annotator judged, skipped or was handed before (live or expired lease),
+    nor one whose judgments plus live leases already reach the overlap. Every subquery is
+    uncorrelated on purpose: the annotator's own rows (read through their annotator
+    indexes) and the round's held comparisons (a set the size of the active crowd) are
+    each hashed once, whatever the statistics of a freshly opened round say, instead of
+    probed once per candidate row.
     """
     judgment, skip, lease, comparison = (rows.table(m) for m in (Judgment, Skip, Lease, Comparison))
     now_db = rows.db_value(Lease, "expires_at", now)

@@ -27,6 +27,7 @@ def table(model: type[Model]) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
+@cache
 def columns(model: type[Model], alias: str) -> str:
     """``alias."col", ...`` for every concrete field of ``model``, in the order ``instance`` reads."""
     quote = connection.ops.quote_name

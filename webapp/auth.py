@@ -12,7 +12,7 @@ from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Group
 
 from annotation import rows
-from webapp.roles import ADMIN, ROLES
+from webapp.roles import ROLES, remember_roles
 
 
 class RoleAwareBackend(ModelBackend):
@@ -21,23 +21,21 @@ class RoleAwareBackend(ModelBackend):
         groups = user_model.groups.through
         role_names = ", ".join(["%s"] * len(ROLES))
         try:
-            found = rows.fetch(
-                f"""SELECT {rows.columns(user_model, "u")}, g.name
-                    FROM {rows.table(user_model)} u
-                    LEFT JOIN {rows.table(groups)} ug ON ug.user_id = u.id
-                    LEFT JOIN {rows.table(Group)} g ON g.id = ug.group_id AND g.name IN ({role_names})
-                    WHERE u.id = %s""",
-                [*ROLES, int(user_id)],
-            )
+            user_id = int(user_id)
         except (TypeError, ValueError):
             return None
+        found = rows.fetch(
+            f"""SELECT {rows.columns(user_model, "u")}, g.name
+                FROM {rows.table(user_model)} u
+                LEFT JOIN {rows.table(groups)} ug ON ug.user_id = u.id
+                LEFT JOIN {rows.table(Group)} g ON g.id = ug.group_id AND g.name IN ({role_names})
+                WHERE u.id = %s""",
+            [*ROLES, user_id],
+        )
         if not found:
             return None
         user = rows.instance(user_model, found[0][:-1])
         if not self.user_can_authenticate(user):
             return None
-        roles = {row[-1] for row in found if row[-1]}
-        if user.is_superuser:
-            roles.add(ADMIN)
-        user._tandem_roles = roles if user.is_active else set()
+        remember_roles(user, (row[-1] for row in found if row[-1]))
         return user

@@ -22,11 +22,17 @@ def roles_of(user) -> set[str]:
         return set()
     cached = getattr(user, "_tandem_roles", None)
     if cached is None:
-        cached = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
-        if user.is_superuser:
-            cached.add(ADMIN)
-        user._tandem_roles = cached
+        cached = remember_roles(user, user.groups.filter(name__in=ROLES).values_list("name", flat=True))
     return cached
+
+
+def remember_roles(user, group_names) -> set[str]:
+    """The roles behind ``group_names`` (superusers are admins too), kept on ``user`` for the request."""
+    roles = set(group_names) & set(ROLES)
+    if user.is_superuser:
+        roles.add(ADMIN)
+    user._tandem_roles = roles
+    return roles
 
 
 def has_role(user, *roles: str) -> bool:

@@ -231,6 +231,18 @@ def check_answer(
         assert f"line {line}: " in text, f"line {line} is bad but the page does not say so"
 
 
+def fuzz_upload(client: Client, url: str, file, *, skip_bad: bool, gz: bool):
+    """Upload a generated file (gzipped or not) as the page would; what the test checks it against."""
+    rows, data = file
+    assume(data)  # an empty file is the form's to refuse (test_import_admin.py)
+    note(f"file: {data!r}")
+    want = expected(rows)
+    before, last = counts(), Prompt.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    name = "fuzz.jsonl.gz" if gz else "fuzz.jsonl"
+    response = upload(client, url, name, gzipped(data) if gz else data, skip_bad=skip_bad)
+    return response, want, before, last
+
+
 @pytest.fixture
 def small_line_cap(settings):
     settings.IMPORT_MAX_LINE_BYTES = LINE_CAP
@@ -241,18 +253,8 @@ def small_line_cap(settings):
 def test_it_imports_exactly_the_good_prompt_rows_or_nothing_and_names_every_bad_line(
     admin_client, project, small_line_cap, file, skip_bad, gz
 ):
-    rows, data = file
-    assume(data)  # an empty file is the form's to refuse (test_import_admin.py)
-    note(f"file: {data!r}")
-    want = expected(rows)
-    before, last = counts(), Prompt.objects.order_by("-id").values_list("id", flat=True).first() or 0
-
-    response = upload(
-        admin_client,
-        prompts_url(project),
-        "fuzz.jsonl.gz" if gz else "fuzz.jsonl",
-        gzipped(data) if gz else data,
-        skip_bad=skip_bad,
+    response, want, before, last = fuzz_upload(
+        admin_client, prompts_url(project), file, skip_bad=skip_bad, gz=gz
     )
 
     check_answer(response, project, want, before, skip_bad=skip_bad, per_row=(1, 0, 0, 0, 0))
@@ -376,18 +378,8 @@ BAD_PREFERENCE_ROWS = st.one_of(
 def test_it_imports_exactly_the_good_preference_rows_or_nothing(
     admin_client, project, small_line_cap, file, skip_bad, gz
 ):
-    rows, data = file
-    assume(data)  # an empty file is the form's to refuse (test_import_admin.py)
-    note(f"file: {data!r}")
-    want = expected(rows)
-    before, last = counts(), Prompt.objects.order_by("-id").values_list("id", flat=True).first() or 0
-
-    response = upload(
-        admin_client,
-        preferences_url(project),
-        "fuzz.jsonl.gz" if gz else "fuzz.jsonl",
-        gzipped(data) if gz else data,
-        skip_bad=skip_bad,
+    response, want, before, last = fuzz_upload(
+        admin_client, preferences_url(project), file, skip_bad=skip_bad, gz=gz
     )
 
     check_answer(response, project, want, before, skip_bad=skip_bad, per_row=(1, 2, 1, 2, 1))

@@ -10,7 +10,6 @@ loadable at a final path; and Retry on a fresh worker completes it, resuming wha
 
 from __future__ import annotations
 
-import random
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from annotation.models import Comparison, ComparisonItem, Judgment, Prompt, Response, Round
-from annotation.simulation import simulate_round
+from annotation.models import Judgment, Response, Round
 from tests.conftest import PASSWORD
-from tests.training.conftest import make_checkpoint, make_prompts
+from tests.training.conftest import make_checkpoint, make_judged_round, make_prompts
 from tests.workers import Worker, flush_broker, redis_broker_url, wait_for
 from training.launch import ppo_launch, reward_model_launch, run_retry_launch
 from training.ml.checkpoints import TMP_PREFIX, atomic_directory, is_complete_checkpoint, partial_writes
@@ -39,7 +37,6 @@ from training.runs import running, runs_reap_lost
 # (beating every STALE / 4 seconds) is never taken for dead.
 STALE = 8
 BOOT = 240  # a worker's start and its first task's torch import, on a busy 2-core machine
-WORDS = "the a river stone cloud green quick slow paper window table music light orange seven".split()
 
 
 @pytest.fixture
@@ -214,22 +211,7 @@ TINY_RM = {
 
 def judged(project, base: Checkpoint, n: int = 16) -> None:
     """``n`` comparisons judged by a simulated annotator who prefers the response saying 'thanks'."""
-    round = Round.objects.create(project=project, number=1, status=Round.Status.OPEN)
-    rng = random.Random(0)
-    for i in range(n):
-        prompt = Prompt.objects.create(
-            project=project,
-            conversation=[{"role": "user", "content": f"Tell me about {rng.choice(WORDS)} {i}."}],
-        )
-        texts = [" ".join(rng.choices(WORDS, k=rng.randint(4, 8))) for _ in range(2)]
-        texts[rng.randint(0, 1)] += " thanks"
-        comparison = Comparison.objects.create(round=round, prompt=prompt)
-        for position, text in enumerate(texts):
-            response = Response.objects.create(
-                prompt=prompt, round=round, checkpoint=base, sample_index=position, text=text
-            )
-            ComparisonItem.objects.create(comparison=comparison, response=response, position=position)
-    simulate_round(round=round, annotators=1, rule="phrase:thanks")
+    make_judged_round(project, base, n)
     assert Judgment.objects.count() == n
 
 

@@ -4,20 +4,18 @@ Tiny random models on the CPU; the runs execute their task bodies in-process (th
 real worker path is covered by the generation tests and the fault tests).
 """
 
-import random
 from pathlib import Path
 
 import pytest
 
-from annotation.models import Comparison, ComparisonItem, Judgment, Prompt, Response, Round
-from annotation.simulation import simulate_round
+from annotation.models import Judgment, Prompt
+from tests.training.conftest import make_judged_round
 from training.models import Checkpoint, Metric, RewardModel, TrainingRun
 from training.runs import run_cancel
 from training.tasks import run_loop, train_ppo, train_reward_model
 
 pytestmark = pytest.mark.slow
 
-WORDS = "the a river stone cloud green quick slow paper window table music light orange seven".split()
 TINY_RM = {"learning_rate": 1e-3, "num_epochs": 3, "batch_size": 8, "warmup_ratio": 0.0, "eval_fraction": 0.2}
 TINY_PPO = {
     "total_episodes": 16,
@@ -38,23 +36,7 @@ def judged_round(project, tiny_checkpoint, settings, tmp_path):
     base = Checkpoint.objects.create(
         project=project, version=0, uri=str(tiny_checkpoint), origin="base", status="published"
     )
-    round = Round.objects.create(project=project, number=1, status=Round.Status.OPEN)
-    rng = random.Random(0)
-    for n in range(64):
-        prompt = Prompt.objects.create(
-            project=project,
-            conversation=[{"role": "user", "content": f"Tell me about {rng.choice(WORDS)} {n}."}],
-            split=Prompt.Split.EVAL if n % 8 == 0 else Prompt.Split.TRAIN,
-        )
-        texts = [" ".join(rng.choices(WORDS, k=rng.randint(4, 8))) for _ in range(2)]
-        texts[rng.randint(0, 1)] += " thanks"
-        comparison = Comparison.objects.create(round=round, prompt=prompt)
-        for i, text in enumerate(texts):
-            response = Response.objects.create(
-                prompt=prompt, round=round, checkpoint=base, sample_index=i, text=text
-            )
-            ComparisonItem.objects.create(comparison=comparison, response=response, position=i)
-    simulate_round(round=round, annotators=1, rule="phrase:thanks")
+    round = make_judged_round(project, base, 64, eval_every=8)
     assert Judgment.objects.count() == 64
     return round, base
 
