@@ -48,6 +48,34 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+# Parameters travel apart from the SQL and each connection prepares a statement it has run
+# five times: PostgreSQL then skips parsing and planning it, which was most of its CPU per
+# annotation (tests/benchmarks/annotate_http.py). Behind a pooler that cannot keep prepared
+# statements, ?prepare_threshold=none in DATABASE_URL turns preparing off.
+POSTGRES_STATEMENT_OPTIONS = {"server_side_binding": True, "prepare_threshold": 5}
+
+
+def _postgres_options(query: str) -> dict:
+    """libpq parameters from the URL's query string, with Django's own options typed."""
+    options: dict = {key: values[-1] for key, values in parse_qs(query, keep_blank_values=True).items()}
+    if "server_side_binding" in options:
+        raw = options["server_side_binding"].strip().lower()
+        if raw not in _TRUE | _FALSE:
+            raise ImproperlyConfigured(f"DATABASE_URL server_side_binding must be true or false, not {raw!r}.")
+        options["server_side_binding"] = raw in _TRUE
+    if "prepare_threshold" in options:
+        raw = options["prepare_threshold"].strip().lower()
+        if raw in {"", "none", "off"}:
+            options["prepare_threshold"] = None
+        elif raw.isdigit():
+            options["prepare_threshold"] = int(raw)
+        else:
+            raise ImproperlyConfigured(
+                f"DATABASE_URL prepare_threshold must be a whole number or none, not {raw!r}."
+            )
+    return options
+
+
 def database_from_url(url: str) -> dict:
     """A Django DATABASES entry from ``postgres://user:pass@host:port/name`` or ``sqlite:///path``."""
     parsed = urlparse(url)
@@ -55,7 +83,7 @@ def database_from_url(url: str) -> dict:
         name = unquote(parsed.path.lstrip("/"))
         if not name:
             raise ImproperlyConfigured("DATABASE_URL names no database (postgres://host/NAME).")
-        options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+        options = {**POSTGRES_STATEMENT_OPTIONS, **_postgres_options(parsed.query)}
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": name,

@@ -114,7 +114,11 @@ def test_it_parses_database_urls():
         "5433",
         "name",
     )
-    assert pg["OPTIONS"] == {"sslmode": "require"}
+    assert pg["OPTIONS"] == {"sslmode": "require", "server_side_binding": True, "prepare_threshold": 5}
+    behind_a_pooler = database_from_url("postgres://h/db?prepare_threshold=none&server_side_binding=off")
+    assert behind_a_pooler["OPTIONS"] == {"server_side_binding": False, "prepare_threshold": None}
+    with pytest.raises(ImproperlyConfigured, match="prepare_threshold"):
+        database_from_url("postgres://h/db?prepare_threshold=soon")
     assert database_from_url("sqlite:////tmp/x.sqlite3")["NAME"] == "/tmp/x.sqlite3"
     with pytest.raises(ImproperlyConfigured, match="mysql"):
         database_from_url("mysql://h/db")
