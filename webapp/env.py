@@ -61,7 +61,9 @@ def _postgres_options(query: str) -> dict:
     if "server_side_binding" in options:
         raw = options["server_side_binding"].strip().lower()
         if raw not in _TRUE | _FALSE:
-            raise ImproperlyConfigured(f"DATABASE_URL server_side_binding must be true or false, not {raw!r}.")
+            raise ImproperlyConfigured(
+                f"DATABASE_URL server_side_binding must be true or false, not {raw!r}."
+            )
         options["server_side_binding"] = raw in _TRUE
     if "prepare_threshold" in options:
         raw = options["prepare_threshold"].strip().lower()
