@@ -255,6 +255,7 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SESSION_ENGINE = "webapp.sessions"  # Django's database sessions, read in one statement
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
 # Sign-in throttle (webapp/login.py): failures allowed per username and per client

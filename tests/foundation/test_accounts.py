@@ -48,3 +48,23 @@ def test_it_logs_a_user_in_and_out_with_csrf(annotator):
 def test_it_says_when_the_password_is_wrong(annotator):
     response = Client().post("/login/", {"username": "alice", "password": "wrong"})
     assert b"did not match" in response.content
+
+
+def test_a_session_ends_when_it_expires_or_is_signed_out_elsewhere(annotator):
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    from tests.conftest import PASSWORD
+
+    kept, expired, other_device = Client(), Client(), Client()
+    for browser in (kept, expired, other_device):
+        assert browser.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 302
+    Session.objects.filter(session_key=expired.cookies["sessionid"].value).update(
+        expire_date=timezone.now() - timezone.timedelta(seconds=1)
+    )
+    Session.objects.filter(session_key=other_device.cookies["sessionid"].value).delete()
+
+    assert kept.get("/annotate/").status_code == 200
+    for browser in (expired, other_device):
+        response = browser.get("/annotate/")
+        assert response.status_code == 302 and response["Location"].startswith("/login/")
