@@ -73,18 +73,26 @@ def rounds_open_to(annotator) -> QuerySet[Round]:
 # --- what the page shows -------------------------------------------------------------------
 
 
+# Items still open to an annotator are counted up to this many ("1000+ remaining" above it):
+# counting every open item of a big round on every submit was the database's largest
+# cost per judgment, and past a thousand the exact figure tells an annotator nothing.
+REMAINING_COUNTED_UP_TO = 1000
+
+
 @dataclass(frozen=True)
 class Progress:
     done_in_round: int
-    remaining: int
+    remaining: int  # at most REMAINING_COUNTED_UP_TO
     done_today: int
+    remaining_more: bool = False  # more than ``remaining`` are open to the annotator
 
 
 def progress_for(annotator, round: Round, *, now: datetime | None = None) -> Progress:
     """The progress line: my judgments in this round, items still open to me, my judgments today.
 
     "Open to me": still wants judgments and I have neither judged nor skipped it (an item
-    I hold a lease on counts: it is the one on my screen). One statement, on every submit.
+    I hold a lease on counts: it is the one on my screen), counted up to
+    ``REMAINING_COUNTED_UP_TO``. One statement, on every submit.
     """
     now = now or timezone.now()
     midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -94,9 +102,11 @@ def progress_for(annotator, round: Round, *, now: datetime | None = None) -> Pro
             (SELECT COUNT(*) FROM {judgment} j JOIN {comparison} c ON c.id = j.comparison_id
               WHERE j.annotator_id = %s AND c.round_id = %s),
             (SELECT COUNT(*) FROM {judgment} j WHERE j.annotator_id = %s AND j.created_at >= %s),
-            (SELECT COUNT(*) FROM {comparison} c WHERE c.round_id = %s AND c.judgment_count < %s
-              AND c.id NOT IN (SELECT comparison_id FROM {judgment} WHERE annotator_id = %s)
-              AND c.id NOT IN (SELECT comparison_id FROM {skip} WHERE annotator_id = %s))""",
+            (SELECT COUNT(*) FROM (
+              SELECT 1 FROM {comparison} c WHERE c.round_id = %s AND c.judgment_count < %s
+                AND c.id NOT IN (SELECT comparison_id FROM {judgment} WHERE annotator_id = %s)
+                AND c.id NOT IN (SELECT comparison_id FROM {skip} WHERE annotator_id = %s)
+              LIMIT %s) open_to_me)""",
         [
             annotator.pk,
             round.pk,
@@ -106,28 +116,43 @@ def progress_for(annotator, round: Round, *, now: datetime | None = None) -> Pro
             round.project.overlap,
             annotator.pk,
             annotator.pk,
+            REMAINING_COUNTED_UP_TO + 1,
         ],
     )
-    return Progress(done_in_round=done_in_round, remaining=remaining, done_today=done_today)
+    return Progress(
+        done_in_round=done_in_round,
+        remaining=min(remaining, REMAINING_COUNTED_UP_TO),
+        done_today=done_today,
+        remaining_more=remaining > REMAINING_COUNTED_UP_TO,
+    )
 
 
-def comparison_open_to(annotator, comparison_id: int) -> Comparison | None:
+def comparison_open_to(annotator, comparison_id: int, *, content: bool = True) -> Comparison | None:
     """A comparison of an open round open to ``annotator``, with its round, project, prompt and items.
 
     One statement (the page after every submit needs it): ``comparison.round.project``,
     ``comparison.prompt`` and ``comparison.items.all()`` (each item with its ``response``)
-    are filled in and cost no further query. None when it does not exist or is not theirs.
+    are filled in and cost no further query. With ``content=False`` the prompt and the
+    responses are left out (items carry only ``response_id``): enough to check a submit,
+    which answers with the next comparison, not this one. None when it does not exist or
+    is not theirs.
     """
     through = Project.annotators.through
+    models = [Comparison, Round, Project, ComparisonItem] + ([Prompt, Response] if content else [])
+    aliases = {Comparison: "c", Round: "r", Project: "p", ComparisonItem: "i", Prompt: "q", Response: "s"}
+    content_joins = (
+        f"""JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
+            JOIN {rows.table(Response)} s ON s.id = i.response_id"""
+        if content
+        else ""
+    )
     found = rows.fetch(
-        f"""SELECT {rows.columns(Comparison, "c")}, {rows.columns(Round, "r")}, {rows.columns(Project, "p")},
-                   {rows.columns(Prompt, "q")}, {rows.columns(ComparisonItem, "i")}, {rows.columns(Response, "s")}
+        f"""SELECT {", ".join(rows.columns(model, aliases[model]) for model in models)}
             FROM {rows.table(Comparison)} c
             JOIN {rows.table(Round)} r ON r.id = c.round_id
             JOIN {rows.table(Project)} p ON p.id = r.project_id
-            JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
             JOIN {rows.table(ComparisonItem)} i ON i.comparison_id = c.id
-            JOIN {rows.table(Response)} s ON s.id = i.response_id
+            {content_joins}
             WHERE c.id = %s AND r.status = %s AND p.is_active = %s
               AND (p.open_to_all_annotators = %s OR EXISTS (
                    SELECT 1 FROM {rows.table(through)} a WHERE a.project_id = p.id AND a.user_id = %s))
@@ -136,23 +161,34 @@ def comparison_open_to(annotator, comparison_id: int) -> Comparison | None:
     )
     if not found:
         return None
-    widths = [rows.width(m) for m in (Comparison, Round, Project, Prompt, ComparisonItem, Response)]
+    widths = [rows.width(model) for model in models]
     bounds = [sum(widths[:i]) for i in range(len(widths) + 1)]
 
-    def part(row, index, model):
+    def part(row, model):
+        index = models.index(model)
         return rows.instance(model, row[bounds[index] : bounds[index + 1]])
 
-    comparison = part(found[0], 0, Comparison)
-    comparison.round = part(found[0], 1, Round)
-    comparison.round.project = part(found[0], 2, Project)
-    comparison.prompt = part(found[0], 3, Prompt)
+    comparison = part(found[0], Comparison)
+    comparison.round = part(found[0], Round)
+    comparison.round.project = part(found[0], Project)
+    if content:
+        comparison.prompt = part(found[0], Prompt)
     items = []
     for row in found:
-        item = part(row, 4, ComparisonItem)
-        item.response = part(row, 5, Response)
+        item = part(row, ComparisonItem)
+        if content:
+            item.response = part(row, Response)
         item.comparison = comparison
         items.append(item)
     rows.prefetched(comparison, "items", items)
+    return comparison
+
+
+def comparison_content(comparison: Comparison) -> Comparison:
+    """Fill in the prompt and responses that ``comparison_open_to(..., content=False)`` left out."""
+    comparison.prompt = Prompt.objects.get(pk=comparison.prompt_id)
+    items = ComparisonItem.objects.filter(comparison=comparison).select_related("response")
+    rows.prefetched(comparison, "items", list(items.order_by("position")))
     return comparison
 
 

@@ -34,9 +34,12 @@ WORK_PARTIAL = "annotation/partials/work.html"
 # --- access ---------------------------------------------------------------------------------
 
 
-def _comparison_for(user, comparison_id: int) -> Comparison:
-    """A comparison of an open round of a project open to ``user``, with what the page shows; else 404."""
-    comparison = leases.comparison_open_to(user, comparison_id)
+def _comparison_for(user, comparison_id: int, *, content: bool = True) -> Comparison:
+    """A comparison of an open round of a project open to ``user``, with what the page shows; else 404.
+
+    ``content=False`` leaves out the prompt and the responses (see ``leases.comparison_open_to``).
+    """
+    comparison = leases.comparison_open_to(user, comparison_id, content=content)
     if comparison is None:
         raise Http404("No such comparison in a round open to you.")
     return comparison
@@ -68,11 +71,12 @@ def work(request: HttpRequest, round_id: int) -> HttpResponse:
 @role_required(ANNOTATOR)
 @require_POST
 def judge(request: HttpRequest, comparison_id: int) -> HttpResponse:
-    comparison = _comparison_for(request.user, comparison_id)
+    # A saved judgment answers with the next comparison: this one's texts are read only to show it again.
+    comparison = _comparison_for(request.user, comparison_id, content=False)
     project = comparison.round.project
     form = JudgmentForm(request.POST, project=project, response_ids=_response_ids(comparison))
     if not form.is_valid():
-        return _render_comparison(request, comparison, form=form, status=200)
+        return _render_comparison(request, leases.comparison_content(comparison), form=form)
     try:
         submitted = judgment_submit(
             annotator=request.user,
@@ -83,7 +87,9 @@ def judge(request: HttpRequest, comparison_id: int) -> HttpResponse:
             time_spent_ms=form.time_spent(),
         )
     except SubmitRefused as refused:
-        return _render_comparison(request, comparison, form=form, refusal=refused.message)
+        return _render_comparison(
+            request, leases.comparison_content(comparison), form=form, refusal=refused.message
+        )
     notice = "Saved." if submitted.created else "Already saved."
     return _after_action(request, comparison.round, notice)
 
@@ -189,16 +195,16 @@ def _render_comparison(
 ) -> HttpResponse:
     round, project = comparison.round, comparison.round.project
     response_ids = _response_ids(comparison)
-    if form is None:
-        form = JudgmentForm(project=project, response_ids=response_ids)
+    posted = form is not None and form.is_bound
     if judgment is not None:
         order = judgment.order_shown
     else:
-        order = posted_order(form.data if form.is_bound else None, response_ids)
+        order = posted_order(form.data if posted else None, response_ids)
         if order is None:
             lease = lease or leases.lease_for(request.user, comparison)
             order = lease.order if lease and sorted(lease.order) == sorted(response_ids) else response_ids
-    values = form.data if form.is_bound else form.initial
+    # What the inputs show: what was posted, a judgment being edited, else nothing chosen yet.
+    values = form.data if posted else form.initial if form is not None else {}
     by_id = {item.response_id: item.response for item in comparison.items.all()}
     names = letters(len(order))
     items = [
@@ -228,7 +234,7 @@ def _render_comparison(
         for turn in comparison.prompt.conversation
         if isinstance(turn, dict)
     ]
-    client_id = (values.get("client_id") if form.is_bound else None) or str(uuid.uuid4())
+    client_id = (values.get("client_id") if posted else None) or str(uuid.uuid4())
     context = {
         "round": round,
         "project": project,

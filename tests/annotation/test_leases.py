@@ -156,6 +156,19 @@ def test_it_reports_progress(annotator, other_annotator):
     assert progress_for(other_annotator, round).remaining == 4
 
 
+def test_it_counts_what_remains_up_to_a_cap_and_says_so(annotator, monkeypatch):
+    from annotation import leases
+
+    monkeypatch.setattr(leases, "REMAINING_COUNTED_UP_TO", 3)
+    round = make_round(make_project("Big round", overlap=1), 5)
+    capped = progress_for(annotator, round)
+    assert (capped.remaining, capped.remaining_more) == (3, True)
+    _submit(annotator, comparison_next_for(annotator, round))
+    _submit(annotator, comparison_next_for(annotator, round))
+    exact = progress_for(annotator, round)
+    assert (exact.done_in_round, exact.remaining, exact.remaining_more) == (2, 3, False)
+
+
 def test_it_extends_a_live_lease_and_revives_an_expired_one_with_room(annotator, other_annotator, project):
     round = make_round(project, 1)
     lease = comparison_next_for(annotator, round)

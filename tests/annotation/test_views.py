@@ -84,6 +84,17 @@ def test_it_shows_a_pairwise_comparison_as_a_full_page(annotator, project):
     assert "0</span> done in this round" in html and "1</span> remaining" in html
 
 
+def test_it_shows_a_big_round_as_more_than_it_counts(annotator, monkeypatch):
+    from annotation import leases
+
+    monkeypatch.setattr(leases, "REMAINING_COUNTED_UP_TO", 2)
+    round = make_round(make_project("Big round"), 3)
+    html = _client(annotator).get(reverse("annotate-round", args=[round.pk])).content.decode()
+    assert "2+</span> remaining" in html
+    index = _client(annotator).get(reverse("annotate")).content.decode()
+    assert "<td>2+</td>" in index
+
+
 def test_it_answers_htmx_with_the_partial_only(annotator, project):
     round = make_round(project, 1)
     response = _client(annotator).get(reverse("annotate-round", args=[round.pk]), HTTP_HX_REQUEST="true")
