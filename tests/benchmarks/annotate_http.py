@@ -76,12 +76,12 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
     """A project with one open round of pairwise comparisons, and logged-in annotators' session keys."""
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
     from django.contrib.auth.models import Group
-    from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
     from django.db import connection
 
     from annotation.models import Comparison, ComparisonItem, Project, Prompt, Response, Round
     from training.models import Checkpoint
+    from webapp.sessions import SessionStore
 
     call_command("migrate", verbosity=0)
     Response.objects.filter(prompt__project__name=PROJECT).delete()  # responses protect their checkpoint
@@ -116,7 +116,8 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
     )
     group.user_set.add(*users)
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")  # as autovacuum would shortly after a round opens
+        # As autovacuum would shortly after a round opens (and after the last run's rows went).
+        cursor.execute("VACUUM ANALYZE")
     # Log everyone in up front: a password check costs ~0.3 s of CPU by design.
     sessions = []
     for user in users:
