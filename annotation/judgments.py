@@ -160,16 +160,23 @@ def _replayed(existing: Judgment, annotator) -> Submitted:
 # --- editing recent judgments --------------------------------------------------------------
 
 
+# What the list beside every item shows of a recent judgment and its prompt; the rest is deferred.
+_RECENT_JUDGMENT = ("id", "comparison_id", "annotator_id", "is_tie", "both_bad", "created_at")
+_RECENT_PROMPT = ("id", "conversation")
+
+
 def judgments_editable_by(annotator, round: Round) -> list[Judgment]:
     """The annotator's latest judgments in ``round`` that they may still reopen (newest first).
 
-    Shown beside every item, so one hand-written statement; each judgment comes with
+    Shown beside every item, so one hand-written statement reading only what that list
+    shows (other fields load on access, as with ``only()``); each judgment comes with
     ``comparison.prompt`` filled in.
     """
     if round.status != Round.Status.OPEN:
         return []
     found = rows.fetch(
-        f"""SELECT {rows.columns(Judgment, "j")}, {rows.columns(Prompt, "q")}, c.prompt_id
+        f"""SELECT {rows.columns(Judgment, "j", _RECENT_JUDGMENT)}, {rows.columns(Prompt, "q", _RECENT_PROMPT)},
+                   c.prompt_id
             FROM {rows.table(Judgment)} j
             JOIN {rows.table(Comparison)} c ON c.id = j.comparison_id
             JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
@@ -178,12 +185,12 @@ def judgments_editable_by(annotator, round: Round) -> list[Judgment]:
             LIMIT {EDITABLE_RECENT}""",
         [annotator.pk, round.pk],
     )
-    width = rows.width(Judgment)
+    width = rows.width(Judgment, _RECENT_JUDGMENT)
     recent = []
     for row in found:
-        judgment = rows.instance(Judgment, row[:width])
+        judgment = rows.instance(Judgment, row[:width], _RECENT_JUDGMENT)
         judgment.comparison = Comparison(pk=judgment.comparison_id, round=round, prompt_id=row[-1])
-        judgment.comparison.prompt = rows.instance(Prompt, row[width:-1])
+        judgment.comparison.prompt = rows.instance(Prompt, row[width:-1], _RECENT_PROMPT)
         recent.append(judgment)
     return recent
 

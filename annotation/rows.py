@@ -19,8 +19,10 @@ from django.db.models import Model
 
 
 @cache
-def _fields(model: type[Model]) -> tuple:
-    return tuple(model._meta.concrete_fields)
+def _fields(model: type[Model], names: tuple[str, ...] | None = None) -> tuple:
+    """The concrete fields of ``model``, or those of them named (by attname) in ``names``."""
+    fields = model._meta.concrete_fields
+    return tuple(fields if names is None else [f for f in fields if f.attname in names])
 
 
 def table(model: type[Model]) -> str:
@@ -28,36 +30,38 @@ def table(model: type[Model]) -> str:
 
 
 @cache
-def columns(model: type[Model], alias: str) -> str:
-    """``alias."col", ...`` for every concrete field of ``model``, in the order ``instance`` reads."""
+def columns(model: type[Model], alias: str, names: tuple[str, ...] | None = None) -> str:
+    """``alias."col", ...`` for the concrete fields of ``model`` (only ``names``, if given), in
+    the order ``instance`` reads them."""
     quote = connection.ops.quote_name
-    return ", ".join(f"{alias}.{quote(f.column)}" for f in _fields(model))
+    return ", ".join(f"{alias}.{quote(f.column)}" for f in _fields(model, names))
 
 
-def width(model: type[Model]) -> int:
-    return len(_fields(model))
+def width(model: type[Model], names: tuple[str, ...] | None = None) -> int:
+    return len(_fields(model, names))
 
 
 @cache
-def _converters(model: type[Model], vendor: str) -> tuple:
+def _converters(model: type[Model], vendor: str, names: tuple[str, ...] | None) -> tuple:
     # What SQLCompiler.get_converters would apply to these columns on this backend.
     out = []
-    for field in _fields(model):
+    for field in _fields(model, names):
         expression = field.get_col(model._meta.db_table)
         found = connection.ops.get_db_converters(expression) + field.get_db_converters(connection)
         out.append(tuple(found) and (tuple(found), expression))
     return tuple(out)
 
 
-def instance(model: type[Model], values: Sequence):
-    """A model instance from ``values`` selected with ``columns(model, ...)``."""
+def instance(model: type[Model], values: Sequence, names: tuple[str, ...] | None = None):
+    """A model instance from ``values`` selected with ``columns(model, ..., names)``; fields
+    left out of ``names`` are deferred, as with ``QuerySet.only()``."""
     converted = list(values)
-    for i, entry in enumerate(_converters(model, connection.vendor)):
+    for i, entry in enumerate(_converters(model, connection.vendor, names)):
         if entry:
             functions, expression = entry
             for convert in functions:
                 converted[i] = convert(converted[i], expression, connection)
-    return model.from_db(connection.alias, [f.attname for f in _fields(model)], converted)
+    return model.from_db(connection.alias, [f.attname for f in _fields(model, names)], converted)
 
 
 def db_value(model: type[Model], field_name: str, value):
