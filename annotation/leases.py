@@ -137,27 +137,48 @@ def comparison_open_to(annotator, comparison_id: int, *, content: bool = True) -
     which answers with the next comparison, not this one. None when it does not exist or
     is not theirs.
     """
-    through = Project.annotators.through
+    return _comparison_with_parts(comparison_id, open_to=annotator, content=content)
+
+
+def _comparison_with_parts(
+    comparison_id: int, *, open_to=None, content: bool = True, live_leases_at: datetime | None = None
+) -> Comparison | None:
+    """The comparison with its parts as ``comparison_open_to`` describes, in one statement.
+
+    ``open_to``: only if it is in an open round of a project open to that annotator.
+    ``live_leases_at``: also count the leases live at that time, as ``comparison.live_leases``.
+    """
     models = [Comparison, Round, Project, ComparisonItem] + ([Prompt, Response] if content else [])
     aliases = {Comparison: "c", Round: "r", Project: "p", ComparisonItem: "i", Prompt: "q", Response: "s"}
+    columns = ", ".join(rows.columns(model, aliases[model]) for model in models)
+    params = []
+    if live_leases_at is not None:
+        columns += f", (SELECT COUNT(*) FROM {rows.table(Lease)} l WHERE l.comparison_id = c.id AND l.expires_at > %s)"
+        params.append(rows.db_value(Lease, "expires_at", live_leases_at))
     content_joins = (
         f"""JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
             JOIN {rows.table(Response)} s ON s.id = i.response_id"""
         if content
         else ""
     )
+    params.append(comparison_id)
+    access = ""
+    if open_to is not None:
+        access = f"""AND r.status = %s AND p.is_active = %s
+              AND (p.open_to_all_annotators = %s OR EXISTS (
+                   SELECT 1 FROM {rows.table(Project.annotators.through)} a
+                   WHERE a.project_id = p.id AND a.user_id = %s))"""
+        params += [Round.Status.OPEN.value, True, True, open_to.pk]
     found = rows.fetch(
-        f"""SELECT {", ".join(rows.columns(model, aliases[model]) for model in models)}
+        f"""SELECT {columns}
             FROM {rows.table(Comparison)} c
             JOIN {rows.table(Round)} r ON r.id = c.round_id
             JOIN {rows.table(Project)} p ON p.id = r.project_id
             JOIN {rows.table(ComparisonItem)} i ON i.comparison_id = c.id
             {content_joins}
-            WHERE c.id = %s AND r.status = %s AND p.is_active = %s
-              AND (p.open_to_all_annotators = %s OR EXISTS (
-                   SELECT 1 FROM {rows.table(through)} a WHERE a.project_id = p.id AND a.user_id = %s))
+            WHERE c.id = %s {access}
             ORDER BY i.position""",
-        [comparison_id, Round.Status.OPEN.value, True, True, annotator.pk],
+        params,
     )
     if not found:
         return None
@@ -173,6 +194,8 @@ def comparison_open_to(annotator, comparison_id: int, *, content: bool = True) -
     comparison.round.project = part(found[0], Project)
     if content:
         comparison.prompt = part(found[0], Prompt)
+    if live_leases_at is not None:
+        comparison.live_leases = found[0][-1]
     items = []
     for row in found:
         item = part(row, ComparisonItem)
@@ -259,6 +282,8 @@ def comparison_next_for(
 ) -> Lease | None:
     """The annotator's next comparison in ``round`` as a live lease, or None when nothing is left.
 
+    ``lease.comparison`` comes with what the page shows (as ``comparison_open_to`` fills it).
+
     With ``resume`` (the default), a live lease the annotator already holds in this
     round is extended and returned, so reloading the page never burns a slot.
     Raises ``LeaseCapReached`` when the annotator holds ``project.max_open_leases``
@@ -278,6 +303,7 @@ def comparison_next_for(
                     f"UPDATE {rows.table(Lease)} SET expires_at = %s WHERE id = %s",
                     [rows.db_value(Lease, "expires_at", lease.expires_at), lease.pk],
                 )
+                lease.comparison = _comparison_with_parts(lease.comparison_id)
                 return lease
     if len(held) >= project.max_open_leases:
         raise LeaseCapReached(
@@ -292,25 +318,19 @@ def comparison_next_for(
             comparison_id = _claim(annotator, round, now, gold_first=want_gold, tried=tried)
             if comparison_id is None:
                 return None
-            # A fresh statement, so a lease committed while we waited for the lock is counted.
-            found = rows.fetch(
-                f"""SELECT c.judgment_count, i.response_id,
-                        (SELECT COUNT(*) FROM {rows.table(Lease)} l WHERE l.comparison_id = c.id AND l.expires_at > %s)
-                    FROM {rows.table(Comparison)} c JOIN {rows.table(ComparisonItem)} i ON i.comparison_id = c.id
-                    WHERE c.id = %s""",
-                [rows.db_value(Lease, "expires_at", now), comparison_id],
-            )
-            judgment_count, _, live = found[0]
-            if judgment_count + live < project.overlap:
+            # A fresh statement, so a lease committed while we waited for the lock is counted;
+            # it also reads what the page will show.
+            comparison = _comparison_with_parts(comparison_id, live_leases_at=now)
+            if comparison.judgment_count + comparison.live_leases < project.overlap:
                 break
             tried.append(comparison_id)
         else:
             return None
-        order = [response_id for _, response_id, _ in found]
+        order = [item.response_id for item in comparison.items.all()]
         _system_random.shuffle(order)  # position bias is measured from Judgment.order_shown
         lease = rows.insert(
             Lease(
-                comparison_id=comparison_id,
+                comparison=comparison,
                 annotator=annotator,
                 order=order,
                 expires_at=_expiry(project, now),

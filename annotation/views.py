@@ -174,8 +174,7 @@ def _render_next(request: HttpRequest, round: Round, *, notice: str = "") -> Htt
     if lease is None:
         context.update(_sidebar(request.user, round))
         return _render_work(request, context)
-    comparison = _comparison_for(request.user, lease.comparison_id)
-    return _render_comparison(request, comparison, lease=lease, notice=notice)
+    return _render_comparison(request, lease.comparison, lease=lease, notice=notice)
 
 
 def _response_ids(comparison: Comparison) -> list[int]:

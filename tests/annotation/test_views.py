@@ -16,8 +16,8 @@ pytestmark = pytest.mark.django_db
 
 # Session, then user with roles (webapp.auth), then the work itself; neither grows with the
 # round's size.
-NEXT_QUERIES = 12
-SUBMIT_QUERIES = 19  # includes claiming and rendering the next comparison
+NEXT_QUERIES = 11
+SUBMIT_QUERIES = 18  # includes claiming and rendering the next comparison
 
 
 def _client(user) -> Client:
