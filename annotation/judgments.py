@@ -15,7 +15,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from annotation import rows
+from annotation import leases, rows
 from annotation.models import Comparison, Judgment, Lease, Project, Prompt, Round, Skip
 
 EDITABLE_RECENT = 5  # an annotator may reopen this many of their latest judgments in an open round
@@ -174,24 +174,46 @@ def judgments_editable_by(annotator, round: Round) -> list[Judgment]:
     """
     if round.status != Round.Status.OPEN:
         return []
+    return [judgment for judgment, _ in _recent_with(annotator, round)]
+
+
+def progress_and_recent(annotator, round: Round) -> tuple[leases.Progress, list[Judgment]]:
+    """``leases.progress_for`` and ``judgments_editable_by`` for the list beside every item.
+
+    One statement: the progress counts ride along each recent judgment. Only an annotator
+    with no judgment in the round yet (nothing to ride on) costs a second one.
+    """
+    if round.status != Round.Status.OPEN:
+        return leases.progress_for(annotator, round), []
+    columns, params = leases.progress_columns(annotator, round, timezone.now())
+    found = _recent_with(annotator, round, columns, params)
+    if not found:
+        return leases.progress_for(annotator, round), []
+    return leases.progress_from(found[0][1]), [judgment for judgment, _ in found]
+
+
+def _recent_with(annotator, round: Round, columns: str = "", params: list | None = None) -> list:
+    """(judgment, extra values) for the annotator's ``EDITABLE_RECENT`` latest judgments in ``round``,
+    the extra values being those of ``columns`` (SQL with ``params``) selected alongside."""
     found = rows.fetch(
         f"""SELECT {rows.columns(Judgment, "j", _RECENT_JUDGMENT)}, {rows.columns(Prompt, "q", _RECENT_PROMPT)},
-                   c.prompt_id
+                   c.prompt_id{f", {columns}" if columns else ""}
             FROM {rows.table(Judgment)} j
             JOIN {rows.table(Comparison)} c ON c.id = j.comparison_id
             JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
             WHERE j.annotator_id = %s AND c.round_id = %s
             ORDER BY j.created_at DESC, j.id DESC
             LIMIT {EDITABLE_RECENT}""",
-        [annotator.pk, round.pk],
+        [*(params or []), annotator.pk, round.pk],
     )
     width = rows.width(Judgment, _RECENT_JUDGMENT)
+    prompt_end = width + rows.width(Prompt, _RECENT_PROMPT)
     recent = []
     for row in found:
         judgment = rows.instance(Judgment, row[:width], _RECENT_JUDGMENT)
-        judgment.comparison = Comparison(pk=judgment.comparison_id, round=round, prompt_id=row[-1])
-        judgment.comparison.prompt = rows.instance(Prompt, row[width:-1], _RECENT_PROMPT)
-        recent.append(judgment)
+        judgment.comparison = Comparison(pk=judgment.comparison_id, round=round, prompt_id=row[prompt_end])
+        judgment.comparison.prompt = rows.instance(Prompt, row[width:prompt_end], _RECENT_PROMPT)
+        recent.append((judgment, row[prompt_end + 1 :]))
     return recent
 
 

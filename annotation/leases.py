@@ -92,33 +92,43 @@ def progress_for(annotator, round: Round, *, now: datetime | None = None) -> Pro
 
     "Open to me": still wants judgments and I have neither judged nor skipped it (an item
     I hold a lease on counts: it is the one on my screen), counted up to
-    ``REMAINING_COUNTED_UP_TO``. One statement, on every submit.
+    ``REMAINING_COUNTED_UP_TO``. One statement (``judgments.progress_and_recent`` folds
+    it into the recent list's, beside every item).
     """
-    now = now or timezone.now()
+    columns, params = progress_columns(annotator, round, now or timezone.now())
+    ((*counts,),) = rows.fetch(f"SELECT {columns}", params)
+    return progress_from(counts)
+
+
+def progress_columns(annotator, round: Round, now: datetime) -> tuple[str, list]:
+    """The three counts ``progress_for`` reads, as uncorrelated scalar subqueries, and their parameters."""
     midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
     judgment, comparison, skip = rows.table(Judgment), rows.table(Comparison), rows.table(Skip)
-    ((done_in_round, done_today, remaining),) = rows.fetch(
-        f"""SELECT
-            (SELECT COUNT(*) FROM {judgment} j JOIN {comparison} c ON c.id = j.comparison_id
+    sql = f"""(SELECT COUNT(*) FROM {judgment} j JOIN {comparison} c ON c.id = j.comparison_id
               WHERE j.annotator_id = %s AND c.round_id = %s),
             (SELECT COUNT(*) FROM {judgment} j WHERE j.annotator_id = %s AND j.created_at >= %s),
             (SELECT COUNT(*) FROM (
               SELECT 1 FROM {comparison} c WHERE c.round_id = %s AND c.judgment_count < %s
                 AND c.id NOT IN (SELECT comparison_id FROM {judgment} WHERE annotator_id = %s)
                 AND c.id NOT IN (SELECT comparison_id FROM {skip} WHERE annotator_id = %s)
-              LIMIT %s) open_to_me)""",
-        [
-            annotator.pk,
-            round.pk,
-            annotator.pk,
-            rows.db_value(Judgment, "created_at", midnight),
-            round.pk,
-            round.project.overlap,
-            annotator.pk,
-            annotator.pk,
-            REMAINING_COUNTED_UP_TO + 1,
-        ],
-    )
+              LIMIT %s) open_to_me)"""
+    params = [
+        annotator.pk,
+        round.pk,
+        annotator.pk,
+        rows.db_value(Judgment, "created_at", midnight),
+        round.pk,
+        round.project.overlap,
+        annotator.pk,
+        annotator.pk,
+        REMAINING_COUNTED_UP_TO + 1,
+    ]
+    return sql, params
+
+
+def progress_from(counts) -> Progress:
+    """``Progress`` from the three values ``progress_columns`` selects."""
+    done_in_round, done_today, remaining = counts
     return Progress(
         done_in_round=done_in_round,
         remaining=min(remaining, REMAINING_COUNTED_UP_TO),

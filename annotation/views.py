@@ -21,6 +21,7 @@ from annotation.judgments import (
     judgment_submit,
     judgment_update,
     judgments_editable_by,
+    progress_and_recent,
 )
 from annotation.models import Comparison, Judgment, Lease, Round
 from annotation.rendering import markdown_to_safe_html
@@ -263,12 +264,12 @@ def _render_comparison(
 
 
 def _sidebar(user, round: Round) -> dict:
-    progress = leases.progress_for(user, round)
+    progress, recent = progress_and_recent(user, round)
     total = progress.done_in_round + progress.remaining
     return {
         "progress": progress,
         "progress_pct": int(100 * progress.done_in_round / total) if total else 100,
-        "recent": list(judgments_editable_by(user, round)),
+        "recent": recent,
     }
 
 

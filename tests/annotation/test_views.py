@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 # Session, then user with roles (webapp.auth), then the work itself; neither grows with the
 # round's size.
 NEXT_QUERIES = 11
-SUBMIT_QUERIES = 18  # includes claiming and rendering the next comparison
+SUBMIT_QUERIES = 17  # includes claiming and rendering the next comparison
 
 
 def _client(user) -> Client:
@@ -131,6 +131,9 @@ def test_it_swaps_in_the_next_comparison_over_htmx(annotator, project):
     assert second.comparison_id != first.comparison_id
     assert reverse("annotate-judge", args=[second.comparison_id]) in html
     assert "Saved." in html and "1</span> done in this round" in html
+    assert '"remaining">1</span> remaining' in html and '"today">1</span> today' in html
+    saved = Judgment.objects.get(annotator=annotator)
+    assert "Your recent judgments" in html and reverse("annotate-edit", args=[saved.pk]) in html
 
 
 def test_it_refuses_a_post_without_csrf_token(annotator, project):
