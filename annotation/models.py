@@ -187,7 +187,11 @@ class Comparison(models.Model):
             models.Index(fields=["round", "judgment_count"], name="comparison_round_open"),
             # "Next comparison" walks a round's items in hand-out order (gold or not, then id)
             # and stops at the first one the annotator may take (annotation.leases._claim).
-            models.Index(fields=["round", "is_gold", "id"], name="comparison_round_handout"),
+            # judgment_count in the index lets that walk pass the items already complete
+            # without reading their rows: late in a big round they are most of it.
+            models.Index(
+                fields=["round", "is_gold", "id", "judgment_count"], name="comparison_handout_open"
+            ),
         ]
 
     def __str__(self) -> str:
