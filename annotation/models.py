@@ -189,9 +189,7 @@ class Comparison(models.Model):
             # and stops at the first one the annotator may take (annotation.leases._claim).
             # judgment_count in the index lets that walk pass the items already complete
             # without reading their rows: late in a big round they are most of it.
-            models.Index(
-                fields=["round", "is_gold", "id", "judgment_count"], name="comparison_handout_open"
-            ),
+            models.Index(fields=["round", "is_gold", "id", "judgment_count"], name="comparison_handout_open"),
         ]
 
     def __str__(self) -> str:
