@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,7 @@ def _ensure_database(url: str) -> None:
 
 def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str]]:
     """A project with one open round of pairwise comparisons, and logged-in annotators' session keys."""
+    from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
     from django.contrib.auth.models import Group
     from django.core.management import call_command
@@ -82,7 +84,6 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
 
     from annotation.models import Comparison, ComparisonItem, Project, Prompt, Response, Round
     from training.models import Checkpoint
-    from webapp.sessions import SessionStore
 
     call_command("migrate", verbosity=0)
     Response.objects.filter(prompt__project__name=PROJECT).delete()  # responses protect their checkpoint
@@ -122,9 +123,9 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
     # Log everyone in up front: a password check costs ~0.3 s of CPU by design.
     sessions = []
     for user in users:
-        session = SessionStore()
+        session = import_module(settings.SESSION_ENGINE).SessionStore()
         session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "webapp.auth.RoleAwareBackend"
+        session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.create()
         sessions.append(session.session_key)
