@@ -10,7 +10,9 @@ import uuid
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotation import leases
@@ -29,7 +31,8 @@ from annotation.reports import comparison_report
 from webapp.roles import ANNOTATOR, role_required
 
 WORK_TEMPLATE = "annotation/work.html"
-WORK_PARTIAL = "annotation/partials/work.html"
+# Jinja2 (templates/jinja2/): drawn after every submit, where Django's engine cost a fifth of the CPU.
+WORK_PARTIAL = "annotation/work_partial.html"
 
 
 # --- access ---------------------------------------------------------------------------------
@@ -275,5 +278,7 @@ def _sidebar(user, round: Round) -> dict:
 
 def _render_work(request: HttpRequest, context: dict, status: int = 200) -> HttpResponse:
     context["guidelines_html"] = markdown_to_safe_html(context["project"].guidelines)
-    template = WORK_PARTIAL if request.htmx and not request.htmx.boosted else WORK_TEMPLATE
-    return render(request, template, context, status=status)
+    work = render_to_string(WORK_PARTIAL, context, request)
+    if request.htmx and not request.htmx.boosted:
+        return HttpResponse(work, status=status)
+    return render(request, WORK_TEMPLATE, {**context, "work": mark_safe(work)}, status=status)  # noqa: S308 - autoescaped by Jinja2

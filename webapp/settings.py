@@ -109,6 +109,13 @@ TEMPLATES = [
             ],
         },
     },
+    {
+        # Only templates/jinja2/: the annotator's work partial, drawn after every submit (webapp/jinja2.py).
+        "BACKEND": "django.template.backends.jinja2.Jinja2",
+        "DIRS": [BASE_DIR / "templates" / "jinja2"],
+        "APP_DIRS": False,
+        "OPTIONS": {"environment": "webapp.jinja2.environment"},
+    },
 ]
 
 # --- Database -------------------------------------------------------------
