@@ -138,15 +138,17 @@ def judgment_submit(
                 order_shown=list(order_shown),
                 time_spent_ms=_clamp_time(time_spent_ms),
                 client_id=client_id,
-            )
-        )
-        rows.execute(
-            f"UPDATE {rows.table(Comparison)} SET judgment_count = judgment_count + 1 WHERE id = %s",
-            [comparison.pk],
-        )
-        rows.execute(
-            f"DELETE FROM {lease_table} WHERE comparison_id = %s AND annotator_id = %s",
-            [comparison.pk, annotator.pk],
+            ),
+            along=[
+                (
+                    f"UPDATE {rows.table(Comparison)} SET judgment_count = judgment_count + 1 WHERE id = %s",
+                    [comparison.pk],
+                ),
+                (
+                    f"DELETE FROM {lease_table} WHERE comparison_id = %s AND annotator_id = %s",
+                    [comparison.pk, annotator.pk],
+                ),
+            ],
         )
     return Submitted(judgment=judgment, created=True)
 

@@ -94,8 +94,13 @@ def for_update(*, skip_locked: bool = False, of: str = "") -> str:
     return clause
 
 
-def insert(obj: Model) -> Model:
-    """INSERT ``obj`` (auto fields filled as ``save()`` would) and set its primary key."""
+def insert(obj: Model, *, along: Sequence[tuple[str, Sequence]] = ()) -> Model:
+    """INSERT ``obj`` (auto fields filled as ``save()`` would) and set its primary key.
+
+    ``along``: other writes, as (SQL, parameters), to make in the same statement where the
+    database allows data-modifying ``WITH`` clauses (PostgreSQL), else one after another:
+    each statement saved is a round trip and a parse fewer on the hot path.
+    """
     model = type(obj)
     fields = [f for f in _fields(model) if not f.primary_key]
     values = [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for f in fields]
@@ -104,6 +109,13 @@ def insert(obj: Model) -> Model:
         f"INSERT INTO {table(model)} ({', '.join(quote(f.column) for f in fields)}) "
         f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(model._meta.pk.column)}"
     )
+    if along and connection.vendor == "postgresql":
+        clauses = ", ".join(f"along_{i} AS ({write})" for i, (write, _) in enumerate(along))
+        sql = f"WITH {clauses} {sql}"
+        values = [value for _, params in along for value in params] + values
+    else:
+        for write, params in along:
+            execute(write, params)
     obj.pk = fetch(sql, values)[0][0]
     obj._state.adding = False
     obj._state.db = connection.alias

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 # Session, then user with roles (webapp.auth), then the work itself; neither grows with the
 # round's size.
 NEXT_QUERIES = 11
-SUBMIT_QUERIES = 17  # includes claiming and rendering the next comparison
+SUBMIT_QUERIES = 15  # includes claiming and rendering the next comparison
 
 
 def _client(user) -> Client:
