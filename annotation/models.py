@@ -5,6 +5,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.safestring import SafeString, mark_safe
+
+from annotation.rendering import markdown_to_safe_html
 
 
 class Project(models.Model):
@@ -137,6 +140,10 @@ class Response(models.Model):
     )
     sample_index = models.PositiveSmallIntegerField(default=0)
     text = models.TextField()
+    # ``text`` as the page shows it (annotation.rendering), rendered once when a worker writes
+    # it rather than on every view; empty for rows written without it (imports), which are
+    # rendered when shown. After a change to the renderer's allow-list, empty it to re-render.
+    html = models.TextField(blank=True, default="", editable=False)
     generation_params = models.JSONField(default=dict, blank=True)
     token_count = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=16, choices=Finish.choices, blank=True)
@@ -155,6 +162,16 @@ class Response(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60]
+
+    def save(self, *args, **kwargs):
+        self.html = markdown_to_safe_html(self.text)
+        if kwargs.get("update_fields") is not None and "text" in kwargs["update_fields"]:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "html"}
+        super().save(*args, **kwargs)
+
+    def safe_html(self) -> SafeString:
+        """``text`` rendered as safe HTML: the stored rendering, else rendered now."""
+        return mark_safe(self.html) if self.html else markdown_to_safe_html(self.text)  # noqa: S308 - stored by markdown_to_safe_html
 
 
 class Comparison(models.Model):

@@ -214,7 +214,7 @@ def _render_comparison(
         {
             "letter": names[i],
             "id": rid,
-            "html": markdown_to_safe_html(by_id[rid].text),
+            "html": by_id[rid].safe_html(),
             "rank": str(values.get(f"rank_{rid}") or ""),
         }
         for i, rid in enumerate(order)

@@ -62,6 +62,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from annotation.models import Comparison, ComparisonItem, Project, Prompt, Response, Round
+from annotation.rendering import markdown_to_safe_html
 from training.models import Checkpoint, TrainingRun
 from training.runs import QueueUnavailable, RunReporter, enqueue, run_retry
 
@@ -489,13 +490,15 @@ def round_generate(*, reporter: RunReporter, on_progress: Callable[[int, int], N
         }
 
         def on_batch(results, done, total, checkpoint=checkpoint, base_params=base_params):
+            texts = [r["text"].replace("\x00", "") for r in results]  # Postgres text cannot hold NUL
             rows = [
                 Response(
                     round=round,
                     prompt_id=r["key"][0],
                     checkpoint=checkpoint,
                     sample_index=r["key"][1],
-                    text=r["text"].replace("\x00", ""),  # Postgres text cannot hold NUL
+                    text=text,
+                    html=markdown_to_safe_html(text),  # here, once, not on every annotator's page
                     token_count=r["token_count"],
                     finish_reason=r["finish_reason"],
                     generation_params={
@@ -503,7 +506,7 @@ def round_generate(*, reporter: RunReporter, on_progress: Callable[[int, int], N
                         "request_seed": r["key"][0] * SEED_STRIDE + r["key"][1],
                     },
                 )
-                for r in results
+                for r, text in zip(results, texts, strict=True)
             ]
             Response.objects.bulk_create(rows, ignore_conflicts=True)
             for r in results:

@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from annotation.models import Judgment, Lease, Report, Skip
+from annotation.models import Judgment, Lease, Report, Response, Skip
 from tests.conftest import PASSWORD
 from tests.factories import make_project, make_round
 
@@ -236,6 +236,21 @@ def test_it_renders_hostile_markdown_inert(annotator, project):
     assert "<script>alert" not in work and "onerror" not in work.replace("&lt;img src=x onerror", "")
     assert "javascript:" not in work.replace("](javascript:alert", "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in work
+
+
+def test_it_shows_responses_as_rendered_when_written_or_renders_them_then(annotator, project):
+    round = make_round(project, 1, texts=["**stored**", "plain"])
+    stored, imported = Response.objects.filter(round=round).order_by("sample_index")
+    assert stored.html == "<p><strong>stored</strong></p>\n"
+    # An import writes no HTML: the page renders it.
+    Response.objects.filter(pk=imported.pk).update(text="*imported*", html="")
+    html = _client(annotator).get(reverse("annotate-round", args=[round.pk])).content.decode()
+    assert "<strong>stored</strong>" in html and "<em>imported</em>" in html
+    # Edited text (the Django admin saves it) is rendered again.
+    stored.text = "now _edited_"
+    stored.save(update_fields=["text"])
+    stored.refresh_from_db()
+    assert stored.html == "<p>now <em>edited</em></p>\n"
 
 
 def test_it_shows_a_kwise_comparison_with_rank_controls(annotator):

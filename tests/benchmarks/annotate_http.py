@@ -83,6 +83,7 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
     from django.db import connection
 
     from annotation.models import Comparison, ComparisonItem, Project, Prompt, Response, Round
+    from annotation.rendering import markdown_to_safe_html
     from training.models import Checkpoint
 
     call_command("migrate", verbosity=0)
@@ -99,9 +100,15 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
         for i in range(n_comparisons)
     )
     body = "Recursion is when a function calls itself.\n\n```python\ndef f(n):\n    return 1 if n < 2 else n * f(n - 1)\n```"
+    texts = {(i, s): f"{body}\n\nVariant {i}.{s}." for i in range(n_comparisons) for s in range(2)}
     responses = Response.objects.bulk_create(
-        Response(
-            prompt=p, round=round, checkpoint=checkpoint, sample_index=s, text=f"{body}\n\nVariant {i}.{s}."
+        Response(  # rendered when written, as generation does
+            prompt=p,
+            round=round,
+            checkpoint=checkpoint,
+            sample_index=s,
+            text=texts[i, s],
+            html=markdown_to_safe_html(texts[i, s]),
         )
         for i, p in enumerate(prompts)
         for s in range(2)

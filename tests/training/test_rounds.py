@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
 from annotation.models import Comparison, ComparisonItem, Project, Response, Round
+from annotation.rendering import markdown_to_safe_html
 from tests.training.conftest import make_checkpoint, make_prompts
 from training.ml import generation
 from training.models import TrainingRun
@@ -58,6 +59,8 @@ def test_it_opens_a_pairwise_round_of_one_checkpoint_sampled_twice(
     assert response.finish_reason in ("eos", "length") and response.token_count <= 6
     assert response.generation_params["max_new_tokens"] == 6
     assert response.generation_params["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    # Rendered for the annotators' page as it was written, not on every view.
+    assert all(r.html == markdown_to_safe_html(r.text) for r in Response.objects.filter(round=round))
 
 
 def test_the_device_can_be_chosen_in_the_config(
