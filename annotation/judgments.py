@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation import leases, rows
-from annotation.models import Comparison, Judgment, Lease, Project, Prompt, Round, Skip
+from annotation.models import Comparison, Judgment, Lease, Project, Prompt, Round, Skip, conversation_preview
 
 EDITABLE_RECENT = 5  # an annotator may reopen this many of their latest judgments in an open round
 MAX_TIME_SPENT_MS = 6 * 3600 * 1000
@@ -162,24 +162,34 @@ def _replayed(existing: Judgment, annotator) -> Submitted:
 # --- editing recent judgments --------------------------------------------------------------
 
 
-# What the list beside every item shows of a recent judgment and its prompt; the rest is deferred.
-_RECENT_JUDGMENT = ("id", "comparison_id", "annotator_id", "is_tie", "both_bad", "created_at")
-_RECENT_PROMPT = ("id", "conversation")
+# What the list beside every item shows of a recent judgment and of its prompt.
+_RECENT_JUDGMENT = ("id", "is_tie", "both_bad", "created_at")
+_RECENT_PROMPT = ("conversation",)
 
 
-def judgments_editable_by(annotator, round: Round) -> list[Judgment]:
-    """The annotator's latest judgments in ``round`` that they may still reopen (newest first).
+@dataclass(frozen=True, slots=True)
+class RecentJudgment:
+    """One of the annotator's latest judgments as the list beside every item shows it.
 
-    Shown beside every item, so one hand-written statement reading only what that list
-    shows (other fields load on access, as with ``only()``); each judgment comes with
-    ``comparison.prompt`` filled in.
+    Plain values, not model instances: the list is drawn after every submit, and building
+    three model instances per row cost more CPU than reading the rows.
     """
+
+    pk: int
+    is_tie: bool
+    both_bad: bool
+    created_at: datetime
+    preview: str  # the start of its prompt's last user turn
+
+
+def judgments_editable_by(annotator, round: Round) -> list[RecentJudgment]:
+    """The annotator's latest judgments in ``round`` that they may still reopen (newest first)."""
     if round.status != Round.Status.OPEN:
         return []
     return [judgment for judgment, _ in _recent_with(annotator, round)]
 
 
-def progress_and_recent(annotator, round: Round) -> tuple[leases.Progress, list[Judgment]]:
+def progress_and_recent(annotator, round: Round) -> tuple[leases.Progress, list[RecentJudgment]]:
     """``leases.progress_for`` and ``judgments_editable_by`` for the list beside every item.
 
     One statement: the progress counts ride along each recent judgment. Only an annotator
@@ -198,8 +208,8 @@ def _recent_with(annotator, round: Round, columns: str = "", params: list | None
     """(judgment, extra values) for the annotator's ``EDITABLE_RECENT`` latest judgments in ``round``,
     the extra values being those of ``columns`` (SQL with ``params``) selected alongside."""
     found = rows.fetch(
-        f"""SELECT {rows.columns(Judgment, "j", _RECENT_JUDGMENT)}, {rows.columns(Prompt, "q", _RECENT_PROMPT)},
-                   c.prompt_id{f", {columns}" if columns else ""}
+        f"""SELECT {rows.columns(Judgment, "j", _RECENT_JUDGMENT)}, {rows.columns(Prompt, "q", _RECENT_PROMPT)}
+                   {f", {columns}" if columns else ""}
             FROM {rows.table(Judgment)} j
             JOIN {rows.table(Comparison)} c ON c.id = j.comparison_id
             JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
@@ -209,13 +219,13 @@ def _recent_with(annotator, round: Round, columns: str = "", params: list | None
         [*(params or []), annotator.pk, round.pk],
     )
     width = rows.width(Judgment, _RECENT_JUDGMENT)
-    prompt_end = width + rows.width(Prompt, _RECENT_PROMPT)
     recent = []
     for row in found:
-        judgment = rows.instance(Judgment, row[:width], _RECENT_JUDGMENT)
-        judgment.comparison = Comparison(pk=judgment.comparison_id, round=round, prompt_id=row[prompt_end])
-        judgment.comparison.prompt = rows.instance(Prompt, row[width:prompt_end], _RECENT_PROMPT)
-        recent.append((judgment, row[prompt_end + 1 :]))
+        # Columns come in the model's field order, which _RECENT_JUDGMENT follows.
+        pk, is_tie, both_bad, created_at = rows.converted(Judgment, row[:width], _RECENT_JUDGMENT)
+        (conversation,) = rows.converted(Prompt, row[width : width + 1], _RECENT_PROMPT)
+        judgment = RecentJudgment(pk, is_tie, both_bad, created_at, conversation_preview(conversation))
+        recent.append((judgment, row[width + 1 :]))
     return recent
 
 

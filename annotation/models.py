@@ -10,6 +10,13 @@ from django.utils.safestring import SafeString, mark_safe
 from annotation.rendering import markdown_to_safe_html
 
 
+def conversation_preview(conversation: list) -> str:
+    """The start of the last user turn: how lists name a prompt."""
+    turns = [turn.get("content", "") for turn in conversation if turn.get("role") == "user"]
+    text = turns[-1] if turns else ""
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class Project(models.Model):
     class Mode(models.TextChoices):
         PAIRWISE = "pairwise", "Pairwise (A vs B)"
@@ -90,9 +97,7 @@ class Prompt(models.Model):
 
     @property
     def preview(self) -> str:
-        turns = [turn.get("content", "") for turn in self.conversation if turn.get("role") == "user"]
-        text = turns[-1] if turns else ""
-        return text if len(text) <= 80 else text[:77] + "..."
+        return conversation_preview(self.conversation)
 
 
 class Round(models.Model):

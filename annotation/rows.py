@@ -52,16 +52,22 @@ def _converters(model: type[Model], vendor: str, names: tuple[str, ...] | None) 
     return tuple(out)
 
 
-def instance(model: type[Model], values: Sequence, names: tuple[str, ...] | None = None):
-    """A model instance from ``values`` selected with ``columns(model, ..., names)``; fields
-    left out of ``names`` are deferred, as with ``QuerySet.only()``."""
-    converted = list(values)
+def converted(model: type[Model], values: Sequence, names: tuple[str, ...] | None = None) -> list:
+    """``values`` selected with ``columns(model, ..., names)`` as the model's fields hold them."""
+    out = list(values)
     for i, entry in enumerate(_converters(model, connection.vendor, names)):
         if entry:
             functions, expression = entry
             for convert in functions:
-                converted[i] = convert(converted[i], expression, connection)
-    return model.from_db(connection.alias, [f.attname for f in _fields(model, names)], converted)
+                out[i] = convert(out[i], expression, connection)
+    return out
+
+
+def instance(model: type[Model], values: Sequence, names: tuple[str, ...] | None = None):
+    """A model instance from ``values`` selected with ``columns(model, ..., names)``; fields
+    left out of ``names`` are deferred, as with ``QuerySet.only()``."""
+    attnames = [f.attname for f in _fields(model, names)]
+    return model.from_db(connection.alias, attnames, converted(model, values, names))
 
 
 def db_value(model: type[Model], field_name: str, value):

@@ -143,7 +143,7 @@ def edit(request: HttpRequest, judgment_id: int) -> HttpResponse:
     if request.method == "GET":
         form = JudgmentForm(project=project, response_ids=_response_ids(comparison))
         form.initial = initial_from_judgment(judgment, project)
-        editable = judgment in judgments_editable_by(request.user, comparison.round)
+        editable = judgment.pk in {j.pk for j in judgments_editable_by(request.user, comparison.round)}
         refusal = "" if editable else "Only your last few judgments in an open round can be edited."
         return _render_comparison(request, comparison, form=form, judgment=judgment, refusal=refusal)
     form = JudgmentForm(request.POST, project=project, response_ids=_response_ids(comparison))
