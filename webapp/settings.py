@@ -110,9 +110,11 @@ TEMPLATES = [
         },
     },
     {
-        # Only templates/jinja2/: the annotator's work partial, drawn after every submit (webapp/jinja2.py).
+        # Asked for by name only (``using="jinja2"``), for *.jinja files: the annotator's work
+        # partial, drawn after every submit (webapp/jinja2.py).
+        "NAME": "jinja2",
         "BACKEND": "django.template.backends.jinja2.Jinja2",
-        "DIRS": [BASE_DIR / "templates" / "jinja2"],
+        "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": False,
         "OPTIONS": {"environment": "webapp.jinja2.environment"},
     },
