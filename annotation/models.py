@@ -146,9 +146,10 @@ class Response(models.Model):
     sample_index = models.PositiveSmallIntegerField(default=0)
     text = models.TextField()
     # ``text`` as the page shows it (annotation.rendering), rendered once when a worker writes
-    # it rather than on every view; empty for rows written without it (imports), which are
-    # rendered when shown. After a change to the renderer's allow-list, empty it to re-render.
-    html = models.TextField(blank=True, default="", editable=False)
+    # it rather than on every view; NULL for rows written without it (imports), which are
+    # rendered when shown. After a change to the renderer's allow-list, set it to NULL to
+    # re-render. (Nullable also lets SQLite add the column without rebuilding the table.)
+    html = models.TextField(null=True, editable=False)
     generation_params = models.JSONField(default=dict, blank=True)
     token_count = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=16, choices=Finish.choices, blank=True)
@@ -176,7 +177,7 @@ class Response(models.Model):
 
     def safe_html(self) -> SafeString:
         """``text`` rendered as safe HTML: the stored rendering, else rendered now."""
-        return mark_safe(self.html) if self.html else markdown_to_safe_html(self.text)  # noqa: S308 - stored by markdown_to_safe_html
+        return markdown_to_safe_html(self.text) if self.html is None else mark_safe(self.html)  # noqa: S308 - stored by markdown_to_safe_html
 
 
 class Comparison(models.Model):

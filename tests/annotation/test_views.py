@@ -243,7 +243,7 @@ def test_it_shows_responses_as_rendered_when_written_or_renders_them_then(annota
     stored, imported = Response.objects.filter(round=round).order_by("sample_index")
     assert stored.html == "<p><strong>stored</strong></p>\n"
     # An import writes no HTML: the page renders it.
-    Response.objects.filter(pk=imported.pk).update(text="*imported*", html="")
+    Response.objects.filter(pk=imported.pk).update(text="*imported*", html=None)
     html = _client(annotator).get(reverse("annotate-round", args=[round.pk])).content.decode()
     assert "<strong>stored</strong>" in html and "<em>imported</em>" in html
     # Edited text (the Django admin saves it) is rendered again.
