@@ -156,15 +156,15 @@ class Tally:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-async def _request(port: int, method: str, path: str, session: str, body: bytes = b"") -> tuple[int, bytes]:
-    """One HTTP/1.1 request on a fresh connection (closed after the answer)."""
-    csrf = "x" * 32  # an unmasked CSRF secret: cookie and header must match
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-        f"Cookie: sessionid={session}; csrftoken={csrf}\r\nX-CSRFToken: {csrf}\r\nHX-Request: true\r\n"
-    )
+async def http_request(
+    port: int, method: str, path: str, headers: str, body: bytes = b"", content_type: str = ""
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a fresh connection (closed after the answer): the client of this
+    benchmark and of label_studio_http.py, so both servers are driven the same way.
+    ``headers``: extra header lines, each ending in CRLF."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{headers}"
     if body:
-        head += f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
+        head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(head.encode() + b"\r\n" + body)
@@ -172,8 +172,27 @@ async def _request(port: int, method: str, path: str, session: str, body: bytes 
     finally:
         writer.close()
     status_line, _, rest = raw.partition(b"\r\n")
-    _, _, payload = rest.partition(b"\r\n\r\n")
+    response_headers, _, payload = rest.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in response_headers.lower():
+        payload = _dechunk(payload)
     return int(status_line.split()[1]), payload
+
+
+def _dechunk(payload: bytes) -> bytes:
+    out = b""
+    while payload:
+        size, _, payload = payload.partition(b"\r\n")
+        n = int(size.split(b";")[0], 16)
+        if n == 0:
+            break
+        out, payload = out + payload[:n], payload[n + 2 :]
+    return out
+
+
+async def _request(port: int, method: str, path: str, session: str, body: bytes = b"") -> tuple[int, bytes]:
+    csrf = "x" * 32  # an unmasked CSRF secret: cookie and header must match
+    headers = f"Cookie: sessionid={session}; csrftoken={csrf}\r\nX-CSRFToken: {csrf}\r\nHX-Request: true\r\n"
+    return await http_request(port, method, path, headers, body, "application/x-www-form-urlencoded")
 
 
 async def _annotator(

@@ -52,6 +52,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.benchmarks.annotate_http import http_request  # noqa: E402 - the same client drives both
+
 VERSION = "1.23.0"
 PROJECT = "Tandem HTTP load benchmark"
 ORGANIZATION = "Tandem benchmark"
@@ -321,36 +324,9 @@ class Tally:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-def _dechunk(payload: bytes) -> bytes:
-    out = b""
-    while payload:
-        size, _, payload = payload.partition(b"\r\n")
-        n = int(size.split(b";")[0], 16)
-        if n == 0:
-            break
-        out, payload = out + payload[:n], payload[n + 2 :]
-    return out
-
-
 async def _request(port: int, method: str, path: str, token: str, body: bytes = b"") -> tuple[int, bytes]:
-    """One HTTP/1.1 request on a fresh connection (closed after the answer)."""
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-        f"Authorization: {token}\r\nAccept: application/json\r\n"
-    )
-    if body:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(head.encode() + b"\r\n" + body)
-        raw = await reader.read(-1)
-    finally:
-        writer.close()
-    status_line, _, rest = raw.partition(b"\r\n")
-    headers, _, payload = rest.partition(b"\r\n\r\n")
-    if b"transfer-encoding: chunked" in headers.lower():
-        payload = _dechunk(payload)
-    return int(status_line.split()[1]), payload
+    headers = f"Authorization: {token}\r\nAccept: application/json\r\n"
+    return await http_request(port, method, path, headers, body, "application/json")
 
 
 async def _annotator(port: int, project: int, token: str, stop_at: float, tally: Tally) -> None:
