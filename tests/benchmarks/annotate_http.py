@@ -317,18 +317,24 @@ def _check_database(round_id: int, tally: Tally, usernames: list[str]) -> list[s
 # --- the stack ---------------------------------------------------------------------------
 
 
-def _wait_until_up(port: int, timeout: float = 60) -> None:
+def wait_until_up(
+    url: str, what: str, *, server: subprocess.Popen | None = None, timeout: float = 60
+) -> None:
+    """Poll ``url`` until it answers 200 (this benchmark's and label_studio_http.py's servers);
+    fail at once if ``server`` exits instead."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            raise RuntimeError(f"{what} exited with {server.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+            with urllib.request.urlopen(url, timeout=5) as answer:
                 if answer.status == 200:
                     return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError("gunicorn did not come up")
+    raise RuntimeError(f"{what} did not come up")
 
 
 def _start(cmd: list[str], env: dict) -> subprocess.Popen:
@@ -373,7 +379,9 @@ def _database_pids(database_url: str) -> list[int]:
     return [pid for pid in pids if pid != mine and psutil.pid_exists(pid)]
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile_ms(values: list[float], q: float) -> float:
+    """The ``q`` quantile of latencies in seconds, in milliseconds (NaN when there are none)."""
+    values = sorted(values)
     return 1000 * values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
@@ -451,7 +459,7 @@ def main() -> None:
                 env,
             )  # fmt: skip
             try:
-                _wait_until_up(args.port)
+                wait_until_up(f"http://127.0.0.1:{args.port}/healthz", "gunicorn", server=server)
                 # CPU spent per judgment by each part: what the figures would be on idle cores.
                 web_before = _cpu_seconds(_web_pids(server))
                 db_before = {pid: _cpu_seconds([pid]) for pid in _database_pids(args.database_url)}
@@ -473,7 +481,7 @@ def main() -> None:
             requests = len(latencies) + sum(tally.errors.values())
             rows.append(
                 (name, clients, pause, len(tally.acknowledged), len(tally.acknowledged) / elapsed,
-                 _pct(latencies, 0.5), _pct(latencies, 0.95), _pct(latencies, 0.99),
+                 percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.95), percentile_ms(latencies, 0.99),
                  100 * sum(tally.errors.values()) / max(1, requests), tally.errors, problems, cpu)
             )  # fmt: skip
     finally:

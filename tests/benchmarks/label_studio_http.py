@@ -53,7 +53,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.benchmarks.annotate_http import http_request  # noqa: E402 - the same client drives both
+from tests.benchmarks.annotate_http import (  # noqa: E402 - the same client drives both
+    http_request,
+    percentile_ms,
+    wait_until_up,
+)
 
 VERSION = "1.23.0"
 PROJECT = "Tandem HTTP load benchmark"
@@ -293,22 +297,6 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _wait_until_up(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("Label Studio did not come up")
-
-
 # --- the client --------------------------------------------------------------------------
 
 
@@ -450,11 +438,6 @@ def _postgres_pid(database_url: str) -> int:
     return psutil.Process(backend).ppid()
 
 
-def _pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return 1000 * values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
 async def _warm_up(port: int, token: str, processes: int) -> None:
     """Every worker has served a request (lazy apps: each loads Label Studio after the fork)."""
     for _ in range(3):
@@ -474,7 +457,7 @@ def _run(args, server_kind: str, venv: Path, package_dir: Path, env: dict, clien
         print(f"starting {server_kind} (its log: {args.log}) ...", file=sys.stderr, flush=True)
         server = _start(cmd, package_dir, env, args.log)
         try:
-            _wait_until_up(args.port, server)
+            wait_until_up(f"http://127.0.0.1:{args.port}/health/", "Label Studio", server=server, timeout=120)
             asyncio.run(_warm_up(args.port, tokens[0], args.processes))
             postgres = _postgres_pid(args.database_url)
             web_before, db_before = _tree_cpu(server.pid), _tree_cpu(postgres)
@@ -519,8 +502,8 @@ def _report(args, server_kind: str, rows: list[dict]) -> None:
     for row in rows:
         tally, n = row["tally"], row["tally"].accepted
         requests = len(tally.cycles) + sum(tally.errors.values())
-        cycle = "/".join(f"{_pct(tally.cycles, q):.0f}" for q in (0.5, 0.95, 0.99))
-        submit = "/".join(f"{_pct(tally.submits, q):.0f}" for q in (0.5, 0.95, 0.99))
+        cycle = "/".join(f"{percentile_ms(tally.cycles, q):.0f}" for q in (0.5, 0.95, 0.99))
+        submit = "/".join(f"{percentile_ms(tally.submits, q):.0f}" for q in (0.5, 0.95, 0.99))
         check = "; ".join(row["problems"]) or "every accepted annotation stored once"
         print(
             f"{row['clients']:>7} {n:>8} {n / row['elapsed']:>6.1f}   {cycle:>26}   {submit:>21} "
