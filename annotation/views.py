@@ -128,7 +128,7 @@ def report(request: HttpRequest, comparison_id: int) -> HttpResponse:
 @require_POST
 def extend(request: HttpRequest, comparison_id: int) -> HttpResponse:
     """Heartbeat from an active page: keep the lease alive (204), or say it is gone (409)."""
-    comparison = _comparison_for(request.user, comparison_id)
+    comparison = _comparison_for(request.user, comparison_id, content=False)
     lease = leases.lease_extend(annotator=request.user, comparison=comparison)
     return HttpResponse(status=204 if lease else 409)
 
