@@ -213,10 +213,12 @@ def _recent_with(annotator, round: Round, columns: str = "", params: list | None
             FROM {rows.table(Judgment)} j
             JOIN {rows.table(Comparison)} c ON c.id = j.comparison_id
             JOIN {rows.table(Prompt)} q ON q.id = c.prompt_id
-            WHERE j.annotator_id = %s AND c.round_id = %s
+            WHERE j.annotator_id = %s AND j.created_at >= %s AND c.round_id = %s
             ORDER BY j.created_at DESC, j.id DESC
             LIMIT {EDITABLE_RECENT}""",
-        [*(params or []), annotator.pk, round.pk],
+        # Nothing in a round predates it: the walk back through the annotator's judgments stops
+        # there, not at their first judgment ever, when they have fewer than five in this round.
+        [*(params or []), annotator.pk, rows.db_value(Judgment, "created_at", round.created_at), round.pk],
     )
     width = rows.width(Judgment, _RECENT_JUDGMENT)
     recent = []

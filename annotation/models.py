@@ -319,6 +319,8 @@ class Judgment(models.Model):
         indexes = [
             # Progress line ("done today") and an annotator's recent judgments.
             models.Index(fields=["annotator", "created_at"], name="judgment_annotator_time"),
+            # What an annotator judged from a round on (leases.first_comparison_id), read from the index alone.
+            models.Index(fields=["annotator", "comparison"], name="judgment_annotator_comparison"),
         ]
 
     def __str__(self) -> str:

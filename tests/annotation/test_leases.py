@@ -156,6 +156,30 @@ def test_it_reports_progress(annotator, other_annotator):
     assert progress_for(other_annotator, round).remaining == 4
 
 
+def test_work_in_other_rounds_neither_counts_nor_blocks_this_one(annotator):
+    """An annotator's earlier rounds, and a round opened after this one (its comparisons' ids
+    above this round's), stay out of this round's progress, hand-out and recent list."""
+    from annotation.judgments import progress_and_recent
+
+    earlier = make_round(make_project("Earlier", overlap=1), 2)
+    round = make_round(make_project("This one", overlap=1), 3)
+    later = make_round(make_project("Later", overlap=1), 2)
+    for other in (earlier, later, later):
+        _submit(annotator, comparison_next_for(annotator, other))
+    judged = _submit(annotator, comparison_next_for(annotator, round)).judgment
+
+    progress, recent = progress_and_recent(annotator, round)
+    assert (progress.done_in_round, progress.remaining, progress.done_today) == (1, 2, 4)
+    assert [j.pk for j in recent] == [judged.pk]
+    handed = [
+        _submit(annotator, comparison_next_for(annotator, round)).judgment.comparison_id for _ in range(2)
+    ]
+    assert sorted(handed) == sorted(
+        round.comparisons.exclude(pk=judged.comparison_id).values_list("pk", flat=True)
+    )
+    assert comparison_next_for(annotator, round) is None
+
+
 def test_it_counts_what_remains_up_to_a_cap_and_says_so(annotator, monkeypatch):
     from annotation import leases
 
