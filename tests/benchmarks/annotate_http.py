@@ -18,6 +18,9 @@ Modes:
           The host's speed drifts from day to day: label_studio_http.py measures Label Studio
           here, now, and --label-studio-per-s takes its 100-client figure for the ratio.
 
+--history N gives every annotator N judgments in an earlier round of the project first, as
+after weeks of work: what an annotator did before must not make each of their pages dearer.
+
 After each mode it checks the database against what the clients saw: every submit the
 server acknowledged ("Saved.") is stored exactly once, nothing is stored that was not
 acknowledged, no comparison has more judgments than its overlap, and the only leases
@@ -76,8 +79,11 @@ def _ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str]]:
-    """A project with one open round of pairwise comparisons, and logged-in annotators' session keys."""
+def _seed(n_comparisons: int, n_users: int, overlap: int, history: int = 0) -> tuple[int, list[str]]:
+    """A project with one open round of pairwise comparisons, and logged-in annotators' session keys.
+
+    ``history``: each annotator also judged that many comparisons of an earlier, closed round
+    of the project, two days ago (as after weeks of work; 0: everyone starts fresh)."""
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
     from django.contrib.auth.models import Group
@@ -93,14 +99,19 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
     Project.objects.filter(name=PROJECT).delete()
     get_user_model().objects.filter(username__startswith="load-").delete()
     project = Project.objects.create(name=PROJECT, overlap=overlap, guidelines="Pick the **better** answer.")
-    round = Round.objects.create(project=project, number=1, status=Round.Status.OPEN)
+    earlier = Round.objects.create(project=project, number=1, status=Round.Status.CLOSED)
+    round = Round.objects.create(project=project, number=2, status=Round.Status.OPEN)
     checkpoint = Checkpoint.objects.create(project=project, version=1, uri="/nonexistent", origin="base")
     prompts = Prompt.objects.bulk_create(
         Prompt(
             project=project, conversation=[{"role": "user", "content": f"Question {i}: explain *recursion*."}]
         )
-        for i in range(n_comparisons)
+        for i in range(max(n_comparisons, history))
     )
+    earlier_comparisons = Comparison.objects.bulk_create(
+        Comparison(round=earlier, prompt=p, judgment_count=n_users) for p in prompts[:history]
+    )
+    prompts = prompts[:n_comparisons]
     body = "Recursion is when a function calls itself.\n\n```python\ndef f(n):\n    return 1 if n < 2 else n * f(n - 1)\n```"
     texts = {(i, s): f"{body}\n\nVariant {i}.{s}." for i in range(n_comparisons) for s in range(2)}
     responses = Response.objects.bulk_create(
@@ -127,6 +138,15 @@ def _seed(n_comparisons: int, n_users: int, overlap: int) -> tuple[int, list[str
     )
     group.user_set.add(*users)
     with connection.cursor() as cursor:
+        if history:
+            cursor.execute(
+                """INSERT INTO annotation_judgment (comparison_id, annotator_id, source, ranking, is_tie,
+                       both_bad, rationale, criteria, order_shown, created_at, updated_at)
+                   SELECT c, u, 'human', '[]', false, false, '', '{}', '[]', now() - interval '2 days',
+                       now() - interval '2 days'
+                   FROM unnest(%s::bigint[]) c CROSS JOIN unnest(%s::bigint[]) u""",
+                [[c.pk for c in earlier_comparisons], [u.pk for u in users]],
+            )
         # As autovacuum would shortly after a round opens (and after the last run's rows went).
         cursor.execute("VACUUM ANALYZE")
     # Log everyone in up front: a password check costs ~0.3 s of CPU by design.
@@ -405,6 +425,12 @@ def main() -> None:
     )
     parser.add_argument("--comparisons", type=int, default=6000)
     parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="judgments each annotator made in an earlier round before this run (default 0: a fresh start)",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tandem_load_bench"),
     )
@@ -452,7 +478,7 @@ def main() -> None:
     try:
         for name in chosen:
             clients, pause = modes[name]
-            round_id, sessions = _seed(args.comparisons, clients, overlap=3)
+            round_id, sessions = _seed(args.comparisons, clients, overlap=3, history=args.history)
             server = _start(
                 [sys.executable, "-m", "gunicorn", "webapp.wsgi", "-w", str(args.workers), "-b", f"127.0.0.1:{args.port}",
                  "--backlog", "2048", "--log-level", "warning"],
@@ -491,6 +517,7 @@ def main() -> None:
     print(
         f"\ngunicorn {args.workers} sync workers, production settings, PostgreSQL, Celery worker on Redis; "
         f"{os.cpu_count()} CPUs, load average {load:.1f}; {args.seconds:.0f} s per mode; a new connection per request"
+        + (f"; each annotator with {args.history} earlier judgments" if args.history else "")
     )
     print(
         f"{'mode':<7} {'clients':>7} {'pause':>5} {'judgments':>9} {'per s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>7}  database"
