@@ -141,7 +141,9 @@ def first_comparison_id(round: Round) -> int:
     submit (30,000 earlier judgments: ~60 ms of database time per page). Any lower bound keeps
     the queries exact, since it only narrows what a ``NOT IN`` or a count with ``round_id``
     reads; the round's smallest comparison id is the tightest, and it never falls (comparisons
-    are added with higher ids or deleted), so it is looked up once per round and process.
+    are added with higher ids or deleted), so it is looked up once per round and process. (An
+    admin moving an older comparison into the round would slip under it: that item could be
+    handed to someone who judged it, and the submit refuses it as already judged.)
     """
     floor = _first_comparison_ids.get(round.pk)
     if floor is None:
@@ -302,16 +304,8 @@ def _claim(annotator, round: Round, now: datetime, *, gold_first: bool, tried: l
               {not_tried}
             ORDER BY c.is_gold {"DESC" if gold_first else "ASC"}, c.id
             LIMIT 1{rows.for_update(skip_locked=True, of="c")}""",
-        [
-            round.pk,
-            round.project.overlap,
-            annotator.pk,
-            first_comparison_id(round),
-            annotator.pk,
-            annotator.pk,
-        ]
-        + [round.pk, now_db]
-        + [round.project.overlap, *tried],
+        [round.pk, round.project.overlap, annotator.pk, first_comparison_id(round), annotator.pk]
+        + [annotator.pk, round.pk, now_db, round.project.overlap, *tried],
     )
     return found[0][0] if found else None
 
