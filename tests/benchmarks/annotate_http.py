@@ -199,14 +199,15 @@ async def http_request(
 
 
 def _dechunk(payload: bytes) -> bytes:
-    out = b""
+    chunks = []
     while payload:
         size, _, payload = payload.partition(b"\r\n")
         n = int(size.split(b";")[0], 16)
         if n == 0:
             break
-        out, payload = out + payload[:n], payload[n + 2 :]
-    return out
+        chunks.append(payload[:n])
+        payload = payload[n + 2 :]
+    return b"".join(chunks)
 
 
 async def _request(port: int, method: str, path: str, session: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -503,7 +504,7 @@ def main() -> None:
                 _stop(server)
             problems = _check_database(round_id, tally, [f"load-{i}" for i in range(clients)])
             failures += [f"{name}: {p}" for p in problems]
-            latencies = sorted(tally.latencies)
+            latencies = tally.latencies
             requests = len(latencies) + sum(tally.errors.values())
             rows.append(
                 (name, clients, pause, len(tally.acknowledged), len(tally.acknowledged) / elapsed,
