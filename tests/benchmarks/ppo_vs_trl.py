@@ -108,10 +108,12 @@ def build_models(work: Path):
 
 
 def mean_score(policy, reward_model, tokenizer, prompts, *, seed: int, samples_per_prompt: int = 8) -> float:
-    """Mean raw reward-model score of responses sampled from ``policy`` (temperature 0.7, 16 tokens)."""
+    """Mean raw reward-model score of responses sampled from ``policy`` (temperature 0.7, 16 tokens),
+    scored by the evaluator's own function (``RewardScorer``, the scoring contract)."""
     import torch
 
     from training.ml.ppo import PPOConfig, collect_rollout, disable_dropout, tokenize_prompts
+    from training.ml.reward import RewardScorer
 
     disable_dropout(policy)
     config = PPOConfig(response_length=16, temperature=0.7, batch_size=16, mini_batch_size=16)
@@ -122,9 +124,10 @@ def mean_score(policy, reward_model, tokenizer, prompts, *, seed: int, samples_p
         prompt_ids,
         config=config,
         tokenizer=tokenizer,
-        reward_model=reward_model,
+        reward_model=RewardScorer(reward_model, tokenizer),
         reward_fn=None,
         device=torch.device("cpu"),
+        conversations=list(prompts) * samples_per_prompt,
     )
     return rollout.raw_scores.mean().item()
 

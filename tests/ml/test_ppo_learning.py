@@ -213,12 +213,13 @@ def test_cancel_takes_effect_before_the_first_update(peaked_checkpoint):
 
 @pytest.mark.slow
 def test_the_module_entry_point_runs_from_a_json_file(peaked_checkpoint, tiny_checkpoint, tmp_path):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    reward_model = tmp_path / "reward-model"
+    reward_model = tmp_path / "reward-model"  # as train_reward_model writes one: model and tokenizer
     AutoModelForSequenceClassification.from_pretrained(tiny_checkpoint, num_labels=1).save_pretrained(
         reward_model
     )
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(reward_model)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"conversation": p}) for p in PROMPTS[:4]))
     spec = {

@@ -230,6 +230,13 @@ class PerRequestSampler:
         return out.scatter_(-1, chosen.unsqueeze(-1), 0.0)
 
 
+def response_text(tokenizer, token_ids) -> str:
+    """A response's text as Tandem stores, shows and scores it: the tokens before EOS, decoded
+    without special tokens, surrounding whitespace stripped. PPO decodes its samples with this
+    too, so the reward model scores them exactly as it scored the stored responses."""
+    return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+
 def generate_batch(loaded: LoadedModel, requests: Sequence[dict], params: SamplingParams) -> list[Result]:
     """Generate one response per request in a single left-padded batch (no retry, no progress).
 
@@ -274,7 +281,7 @@ def generate_batch(loaded: LoadedModel, requests: Sequence[dict], params: Sampli
         results.append(
             {
                 "key": request["key"],
-                "text": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                "text": response_text(tokenizer, tokens),
                 "token_count": int(tokens.numel()),
                 "finish_reason": finish,
             }

@@ -10,6 +10,11 @@ Huang et al., "The N+ Implementation Details of RLHF with PPO" (2024):
   computation (old, new and reference log-probs all see the same distribution);
 - a response is truncated after its first EOS; the reward lands on that EOS token (the
   last real token), and responses that never reach EOS can be penalised;
+- a reward model scores a response exactly as it was trained and evaluated (the scoring
+  contract): the response is decoded as Tandem stores it (``generation.response_text``) and
+  scored by ``reward.RewardScorer`` on the chat template rendered over prompt + response,
+  read where TRL read it in training (for SmolLM2 the ``\n`` after ``<|im_end|>``, not the
+  EOS token the policy sampled);
 - the score is normalised so that responses of the reference policy score mean 0 and std 1
   (estimated on reference samples before training);
 - per-token KL penalty ``-kl_coef * KL`` (k1 or k3 estimator, fixed or adaptive coefficient);
@@ -50,6 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.ml.checkpoints import atomic_directory, ensure_distinct_pad_token
+from training.ml.generation import response_text
+from training.ml.reward import RewardScorer, load_reward_model
 
 STATE_PREFIX = "update-"
 
@@ -612,10 +619,11 @@ def load_models(
 ):
     """Load tokenizer, policy, reference, value model and reward from checkpoints.
 
-    ``reward`` is a path to a sequence-classification checkpoint, a loaded model, or a
+    ``reward`` is a path to a reward-model checkpoint, a :class:`~training.ml.reward.RewardScorer`,
+    a loaded sequence-classification model (scored with the policy's tokenizer), or a
     :class:`RewardFunction`. ``policy_state``/``value_state`` point at weights saved in a
     resumable state (full models or LoRA adapters). Returns
-    ``(tokenizer, policy, ref_policy or None with LoRA, value_model, reward_model or None, reward_fn or None)``.
+    ``(tokenizer, policy, ref_policy or None with LoRA, value_model, RewardScorer or None, reward_fn or None)``.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -624,10 +632,12 @@ def load_models(
     tokenizer.padding_side = "left"
 
     reward_model, reward_fn = None, None
-    if isinstance(reward, nn.Module):
+    if isinstance(reward, RewardScorer):
         reward_model = reward
+    elif isinstance(reward, nn.Module):
+        reward_model = RewardScorer(reward, tokenizer)
     elif isinstance(reward, (str, os.PathLike)):
-        reward_model = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1)
+        reward_model = RewardScorer(*load_reward_model(reward))
     elif callable(reward):
         reward_fn = reward
     else:
@@ -668,8 +678,8 @@ def load_models(
         ref_policy = AutoModelForCausalLM.from_pretrained(policy_path)
         ref_policy.requires_grad_(False)
     if reward_model is not None:
-        reward_model.requires_grad_(False)
-    for model in (policy, ref_policy, value_model, reward_model):
+        reward_model.model.requires_grad_(False)
+    for model in (policy, ref_policy, value_model, reward_model and reward_model.model):
         if model is not None:
             disable_dropout(model)
     return tokenizer, policy, ref_policy, value_model, reward_model, reward_fn
@@ -750,31 +760,36 @@ class Rollout:
 
 @torch.no_grad()
 def score_responses(
+    conversations: Sequence[list[dict] | None],
     query_responses: torch.Tensor,
     attention_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     *,
-    reward_model: nn.Module | None,
+    reward_model: RewardScorer | None,
     reward_fn: RewardFunction | None,
     tokenizer,
     micro_batch_size: int,
 ) -> torch.Tensor:
-    """Raw score of each response: the reward model's head on the last real token, or the reward function.
+    """Raw score of each response, from the reward model (the scoring contract) or the reward function.
 
-    query_responses, attention_mask: ``(B, P+T)``; response_ids, response_mask: ``(B, T)``. Returns ``(B,)``.
+    conversations: B prompts as ``{role, content}`` lists (None for a raw-string prompt, which
+    only a reward function can score); query_responses, attention_mask: ``(B, P+T)``;
+    response_ids, response_mask: ``(B, T)``. Returns ``(B,)``.
+
+    A reward model sees what it was trained and evaluated on: the response decoded as Tandem
+    stores it (:func:`training.ml.generation.response_text`), rendered with the chat template
+    after its conversation, scored by :meth:`RewardScorer.score` -- the evaluator's own function.
     """
+    response_lists = [row[m].tolist() for row, m in zip(response_ids, response_mask, strict=True)]
     if reward_model is not None:
-        scores = []
-        for start in range(0, query_responses.shape[0], micro_batch_size):
-            chunk = slice(start, start + micro_batch_size)
-            mask = attention_mask[chunk]
-            token_scores = per_token_scores(
-                reward_model, query_responses[chunk], mask, position_ids_from_mask(mask)
+        if any(c is None for c in conversations):
+            raise ValueError(
+                "A reward model scores conversations: give PPO prompts as {role, content} lists."
             )
-            rows = torch.arange(token_scores.shape[0], device=token_scores.device)
-            scores.append(token_scores[rows, last_token_index(mask)])
-        return torch.cat(scores)
+        texts = [response_text(tokenizer, ids) for ids in response_lists]
+        scores = reward_model.score(conversations, texts, batch_size=micro_batch_size)
+        return torch.tensor(scores, dtype=torch.float32, device=query_responses.device)
     prompt_length = query_responses.shape[1] - response_ids.shape[1]
     prompt_texts = tokenizer.batch_decode(
         [
@@ -785,7 +800,6 @@ def score_responses(
         ],
         skip_special_tokens=False,
     )
-    response_lists = [row[m].tolist() for row, m in zip(response_ids, response_mask, strict=True)]
     response_texts = tokenizer.batch_decode(response_lists, skip_special_tokens=True)
     scores = reward_fn(prompt_texts, response_lists, response_texts)
     return torch.as_tensor(scores, dtype=torch.float32, device=query_responses.device).reshape(-1)
@@ -798,14 +812,16 @@ def collect_rollout(
     *,
     config: PPOConfig,
     tokenizer,
-    reward_model: nn.Module | None,
+    reward_model: RewardScorer | None,
     reward_fn: RewardFunction | None,
     device: torch.device,
+    conversations: Sequence[list[dict] | None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Rollout | None:
     """Sample one response per prompt (in chunks of ``micro_batch_size``), truncate at EOS, score.
 
-    Returns None when ``should_stop`` fires between chunks.
+    ``conversations``: the prompts as ``{role, content}`` lists, one per ``prompt_ids`` row
+    (needed when a reward model scores). Returns None when ``should_stop`` fires between chunks.
     """
     micro = config.micro_batch_size or config.mini_batch_size
     chunks = []
@@ -843,6 +859,7 @@ def collect_rollout(
     query_responses = torch.cat([prompt_ids_t, response_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)
     raw_scores = score_responses(
+        list(conversations) if conversations is not None else [None] * len(prompt_ids),
         query_responses,
         attention_mask,
         response_ids,
@@ -967,7 +984,7 @@ def _save_state(
 def train_ppo(
     *,
     policy_path: str | os.PathLike,
-    reward: str | os.PathLike | RewardFunction | nn.Module,
+    reward: str | os.PathLike | RewardFunction | nn.Module | RewardScorer,
     prompts: Sequence[str | list[dict]],
     output_dir: str | os.PathLike | None,
     config: PPOConfig | None = None,
@@ -979,8 +996,8 @@ def train_ppo(
     """Run PPO and write the final policy (+ tokenizer) to ``output_dir`` atomically.
 
     - ``policy_path``: a ``save_pretrained`` causal-LM directory (the SFT model; also the reference).
-    - ``reward``: a sequence-classification checkpoint path (or loaded model) scored on the
-      EOS token, or a :class:`RewardFunction`.
+    - ``reward``: a reward-model checkpoint path (or a loaded model or ``RewardScorer``), scored
+      exactly as it was trained and evaluated, or a :class:`RewardFunction`.
     - ``prompts``: conversations (lists of ``{role, content}``, rendered with the chat template)
       or raw strings.
     - ``output_dir``: must not exist; None skips the final save (tests, benchmarks).
@@ -1038,11 +1055,12 @@ def train_ppo(
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     disable_dropout(model)
-    for frozen in (ref_policy, reward_model):
+    for frozen in (ref_policy, reward_model and reward_model.model):
         if frozen is not None:
             frozen.to(device)
 
     prompt_ids = tokenize_prompts(tokenizer, prompts, config.max_prompt_length)
+    conversations = [None if isinstance(p, str) else list(p) for p in prompts]
     episodes_per_update = config.batch_size * accelerator.num_processes
     num_updates = math.ceil(config.total_episodes / episodes_per_update)
     micro = config.micro_batch_size or config.mini_batch_size
@@ -1086,6 +1104,7 @@ def train_ppo(
                 reward_model=reward_model,
                 reward_fn=reward_fn,
                 device=device,
+                conversations=[conversations[i] for i in picks[start : start + config.batch_size]],
                 should_stop=stop_requested,
             )
             if rollout is None:
@@ -1132,6 +1151,7 @@ def train_ppo(
             reward_model=reward_model,
             reward_fn=reward_fn,
             device=device,
+            conversations=[conversations[i] for i in batch_prompts],
             should_stop=stop_requested,
         )
         if rollout is None:

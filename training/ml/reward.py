@@ -7,7 +7,9 @@ template rendered over ``prompt + [assistant: response]``. Training minimises
     -log sigmoid(r(x, y_w) - r(x, y_l) - m)          (m: the pair's margin, 0 if off)
 
 averaged over pairs (TRL), or weighted by the pairs' ``weight`` column when it is
-not all ones (the "per_ranking" convention of ``training.ml.pairs``).
+not all ones (the "per_ranking" convention of ``training.ml.pairs``): the weights are
+rescaled to mean 1 over the dataset and the loss is ``mean(w * nll)`` per micro-batch
+(:func:`weighted_preference_loss`), so each ranking counts once across batches.
 
 Two ways in:
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.checkpoints import atomic_directory, ensure_distinct_pad_token
+from training.ml.intervals import clustered_share_interval
 from training.ml.pairs import split_by_prompt
 
 LN2 = math.log(2.0)
@@ -108,9 +111,6 @@ class RewardModelConfig:
         metadata={
             "help": "Also evaluate on the held-out pairs every this many steps (None: only at the end)."
         },
-    )
-    learned_tolerance: float = field(
-        default=0.02, metadata={"help": "`learned` is False while held-out loss stays above ln 2 minus this."}
     )
 
     @classmethod
@@ -218,8 +218,37 @@ def to_trl_dataset(rows: Sequence[dict], *, use_margin: bool = True, use_weights
     if use_margin:
         data["margin"] = [float(r.get("margin", 0.0)) for r in rows]
     if use_weights:
-        data["weight"] = [float(r.get("weight", 1.0)) for r in rows]
+        data["weight"] = normalized_weights(rows)
     return Dataset.from_dict(data)
+
+
+def normalized_weights(rows: Sequence[dict]) -> list[float]:
+    """The pairs' ``weight`` column rescaled to mean 1 over the whole dataset.
+
+    The weighted loss is then ``mean(w_i * nll_i)`` over each micro-batch: a dataset-wide
+    constant, not the batch's own sum of weights, so a ranking's share of the loss survives
+    batching. (Dividing by the batch's sum cancels "per_ranking" whenever all rankings have
+    the same K, since every pair then carries the same weight.) In expectation over batches
+    the loss is ``sum(w_i * nll_i) / sum(w_i)`` over the dataset: each ranking counts once.
+    """
+    weights = [float(r.get("weight", 1.0)) for r in rows]
+    mean = sum(weights) / len(weights) if weights else 1.0
+    if not mean > 0:
+        raise ValueError("pair weights must have a positive mean")
+    return [w / mean for w in weights]
+
+
+def weighted_preference_loss(diff, weight, margin=None):
+    """``mean(weight * -log sigmoid(diff - margin))``: the Bradley-Terry loss with per-pair weights.
+
+    diff = r(x, y_w) - r(x, y_l), weight and margin: ``(B,)`` tensors; ``weight`` comes from
+    :func:`normalized_weights` (mean 1 over the dataset). Returns a scalar tensor.
+    """
+    import torch.nn.functional as F
+
+    if margin is not None:
+        diff = diff - margin
+    return (weight * -F.logsigmoid(diff)).mean()
 
 
 def _needs_weights(rows: Sequence[dict]) -> bool:
@@ -405,17 +434,19 @@ def evaluate_reward_model(
     *,
     batch_size: int = 16,
     max_length: int | None = None,
-    learned_tolerance: float = 0.02,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Held-out figures of a reward model on pair rows (``training.ml.pairs`` format).
 
-    Returns ``{pairs, accuracy, mean_margin, loss, loss_with_margin, learned, by_round,
-    by_source}``: accuracy is the share of pairs with r_chosen > r_rejected (a tie
-    counts as wrong), mean_margin the mean of r_chosen - r_rejected, loss the mean
-    -log sigmoid(r_chosen - r_rejected) (ln 2 ~ 0.693 at chance), loss_with_margin the
-    same with each pair's margin subtracted. ``learned`` is False while loss stays
-    above ln 2 - learned_tolerance. ``by_round`` and ``by_source`` map str(key) to
+    Returns ``{pairs, accuracy, accuracy_lower, accuracy_upper, prompts, mean_margin, loss,
+    loss_with_margin, learned, by_round, by_source}``: accuracy is the share of pairs with
+    r_chosen > r_rejected (a tie counts as wrong), with its 95% interval from
+    :func:`training.ml.intervals.clustered_share_interval` over prompts (the pairs of one
+    ranking share a prompt, so they are not independent); mean_margin the mean of
+    r_chosen - r_rejected, loss the mean -log sigmoid(r_chosen - r_rejected) (ln 2 ~ 0.693
+    at chance), loss_with_margin the same with each pair's margin subtracted. ``learned`` is
+    True only when the interval lies above 0.5: a model whose interval includes chance has
+    not been shown to learn. ``by_round`` and ``by_source`` map str(key) to
     ``{pairs, accuracy, mean_margin, loss, loss_with_margin}``.
     Each distinct (prompt, response) is scored once.
     """
@@ -441,7 +472,12 @@ def evaluate_reward_model(
     margins = [float(r.get("margin", 0.0)) for r in rows]
 
     result: dict[str, Any] = _pair_stats(diffs, margins)
-    result["learned"] = bool(result["pairs"]) and result["loss"] < LN2 - learned_tolerance
+    interval = clustered_share_interval(
+        [float(d > 0) for d in diffs], [json.dumps(r["prompt"], sort_keys=True) for r in rows]
+    )
+    result["accuracy_lower"], result["accuracy_upper"] = interval["lower"], interval["upper"]
+    result["prompts"] = interval["clusters"]
+    result["learned"] = bool(result["pairs"]) and interval["lower"] > 0.5
     for name in ("round", "source"):
         groups: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(rows):
@@ -458,7 +494,6 @@ def evaluate_reward_model(
 
 def _trainer_class():
     import torch
-    import torch.nn.functional as F
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
@@ -490,10 +525,7 @@ def _trainer_class():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             _, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)  # metrics, one forward
             rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-            diff = rewards_chosen - rewards_rejected
-            if "margin" in inputs:
-                diff = diff - inputs["margin"]
-            loss = (weight * -F.logsigmoid(diff)).sum() / weight.sum().clamp_min(1e-12)
+            loss = weighted_preference_loss(rewards_chosen - rewards_rejected, weight, inputs.get("margin"))
             if self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean(
                     (rewards_chosen + rewards_rejected) ** 2
@@ -663,7 +695,6 @@ def train_reward_model(
                     scorer,
                     eval_rows,
                     batch_size=config.eval_batch_size,
-                    learned_tolerance=config.learned_tolerance,
                     should_stop=hooks.should_stop,
                 )
             except TrainingCancelled:
