@@ -82,8 +82,52 @@ def test_pairs_become_trl_conversational_rows_with_margin_and_weight():
     assert ds[0]["prompt"] == rows[0]["prompt"]
     assert ds[0]["chosen"] == [{"role": "assistant", "content": rows[0]["chosen"]}]
     assert ds[0]["rejected"] == [{"role": "assistant", "content": rows[0]["rejected"]}]
-    assert (ds[0]["margin"], ds[0]["weight"]) == (1.0, 0.5)
+    # Weights are rescaled to mean 1 over the dataset: 0.5, 1, 1, 1 -> mean 0.875.
+    assert ds[0]["margin"] == 1.0
+    assert ds["weight"] == pytest.approx([0.5 / 0.875, 1 / 0.875, 1 / 0.875, 1 / 0.875])
     assert set(to_trl_dataset(rows, use_margin=False).column_names) == {"prompt", "chosen", "rejected"}
+
+
+def test_the_weighted_loss_matches_a_hand_computed_loss_with_margins():
+    import torch
+
+    from training.ml.reward import normalized_weights, weighted_preference_loss
+
+    # Two rankings: one of K=3 (3 pairs, weight 1/3 each) and one pairwise (1 pair, weight 1).
+    rows = [{"weight": 1 / 3}] * 3 + [{"weight": 1.0}]
+    weights = normalized_weights(rows)  # mean of (1/3, 1/3, 1/3, 1) is 0.5
+    assert weights == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
+    diff = torch.tensor([2.0, 0.0, -1.0, 1.0])
+    margin = torch.tensor([1.0, 0.0, 0.0, 0.5])
+
+    def nll(x):
+        return math.log1p(math.exp(-x))
+
+    # Textbook: each ranking counts once -> mean over rankings of the mean over its pairs.
+    by_hand = 0.5 * ((nll(2.0 - 1.0) + nll(0.0) + nll(-1.0)) / 3 + nll(1.0 - 0.5))
+    loss = weighted_preference_loss(diff, torch.tensor(weights), margin)
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_per_ranking_weights_survive_batching_when_every_ranking_has_the_same_k():
+    """The old loss divided by each micro-batch's sum of weights: with one K for every ranking,
+    every pair weighs the same, and a batch of one ranking's pairs weighed like any other. With a
+    dataset-wide constant, two batches of different rankings add up to the whole-dataset loss."""
+    import torch
+
+    from training.ml.reward import normalized_weights, weighted_preference_loss
+
+    rows = [{"weight": 1 / 6}] * 6 + [{"weight": 1.0}]  # a 4-wise ranking, then a pairwise one
+    weights = torch.tensor(normalized_weights(rows))
+    diff = torch.linspace(-1, 2, 7)
+    whole = weighted_preference_loss(diff, weights)
+    halves = (
+        weighted_preference_loss(diff[:4], weights[:4]) * 4
+        + weighted_preference_loss(diff[4:], weights[4:]) * 3
+    ) / 7
+    assert halves.item() == pytest.approx(whole.item(), rel=1e-6)
+    nll = -torch.nn.functional.logsigmoid(diff)
+    assert whole.item() == pytest.approx(0.5 * (nll[:6].mean() + nll[6]).item(), rel=1e-6)
 
 
 def test_the_config_is_documented_and_refuses_unknown_fields():
