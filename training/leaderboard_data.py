@@ -6,7 +6,14 @@ pairwise judgment yields one vote; a K-wise ranking yields one per pair of
 responses from different checkpoints. Gold items (quality probes), imported
 judgments and annotators excluded from snapshots are left out.
 
-The maths (Bradley-Terry fit, bootstrap intervals, rank rule, win-rate matrix)
+Every vote keeps the comparison it came from. Votes of one comparison (three
+annotators on the same two responses, or the pairs of one K-wise ranking) share
+what made one response better, so they are not independent: the intervals resample
+whole comparisons, and a head-to-head win rate (``head_to_head``, the matrix cells)
+is clustered by comparison. Treating votes as independent gave 95% intervals that
+covered the truth 86% of the time with three annotators per comparison.
+
+The maths (Bradley-Terry fit, bootstrap intervals, rank rule, clustered win rates)
 lives in ``training.ml.leaderboard``; this module only reads rows.
 """
 
@@ -17,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from annotation.models import ComparisonItem, Judgment, Project
+from training.ml.intervals import DEFAULT_RESAMPLES
+from training.ml.leaderboard import clustered_win_rate, leaderboard
 from training.models import Checkpoint
 
 OUTCOMES = ("a", "b", "tie", "both_bad")
@@ -28,6 +37,16 @@ class Vote:
     b: int
     outcome: str  # one of OUTCOMES
     judgment_id: int
+    comparison_id: int | None = None  # the cluster the intervals resample; None: a cluster of its own
+
+    def as_dict(self) -> dict:
+        """The vote as ``training.ml.leaderboard`` reads it."""
+        return {
+            "model_a": str(self.a),
+            "model_b": str(self.b),
+            "winner": self.outcome,
+            "comparison": self.comparison_id,
+        }
 
 
 @dataclass
@@ -83,7 +102,9 @@ class Tally:
         return (won / total if total else None), int(total)
 
 
-def _votes_of(judgment_id: int, ranking, both_bad: bool, checkpoint_of: dict[int, int | None]) -> list[Vote]:
+def _votes_of(
+    judgment_id: int, comparison_id: int, ranking, both_bad: bool, checkpoint_of: dict[int, int | None]
+) -> list[Vote]:
     rank = {int(rid): i for i, group in enumerate(ranking or []) for rid in group}
     ids = sorted(rid for rid in rank if checkpoint_of.get(rid) is not None)
     votes = []
@@ -99,7 +120,7 @@ def _votes_of(judgment_id: int, ranking, both_bad: bool, checkpoint_of: dict[int
             else:
                 x_won = rank[x] < rank[y]
                 outcome = "a" if x_won == (cx < cy) else "b"
-            votes.append(Vote(min(cx, cy), max(cx, cy), outcome, judgment_id))
+            votes.append(Vote(min(cx, cy), max(cx, cy), outcome, judgment_id, comparison_id))
     return votes
 
 
@@ -125,9 +146,40 @@ def project_votes(project_ids: Iterable[int]) -> dict[int, list[Vote]]:
         ).values_list("response_id", "response__checkpoint_id")
         checkpoint_of = dict(items)
     votes: dict[int, list[Vote]] = defaultdict(list)
-    for judgment_id, _comparison_id, ranking, both_bad, project_id in judgments:
-        votes[project_id].extend(_votes_of(judgment_id, ranking, both_bad, checkpoint_of))
+    for judgment_id, comparison_id, ranking, both_bad, project_id in judgments:
+        votes[project_id].extend(_votes_of(judgment_id, comparison_id, ranking, both_bad, checkpoint_of))
     return {pid: votes.get(pid, []) for pid in project_ids}
+
+
+def head_to_head(
+    project_id: int,
+    checkpoint_a_id: int,
+    checkpoint_b_id: int,
+    *,
+    confidence: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """How often checkpoint a beat checkpoint b in the project's votes, with an interval
+    clustered by comparison (the new-vs-parent figure).
+
+    Returns ``{"win_rate", "lower", "upper", "n", "comparisons", "wins", "losses", "ties"}``
+    from a's side: n votes in ``comparisons`` comparisons, ties and both-bad as half a win
+    (``ties`` counts both); the three rates are None when the two never met.
+    """
+    votes = [
+        v.as_dict()
+        for v in project_votes([project_id])[project_id]
+        if {v.a, v.b} == {checkpoint_a_id, checkpoint_b_id}
+    ]
+    return clustered_win_rate(
+        votes,
+        str(checkpoint_a_id),
+        str(checkpoint_b_id),
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
 
 
 def tally(votes: Iterable[Vote]) -> Tally:
@@ -161,6 +213,9 @@ class Cell:
 
     count: PairCount
     rate: float | None  # the row's share of their votes, ties and both-bad as half
+    lower: float | None = None  # interval of ``rate``, clustered by comparison
+    upper: float | None = None
+    comparisons: int = 0  # comparisons the votes came from
 
     @property
     def tone(self) -> str:
@@ -183,7 +238,11 @@ class Leaderboard:
 
 
 def leaderboard_for(project: Project, *, n_bootstrap: int = 1000, seed: int = 0) -> Leaderboard:
-    """Checkpoints ranked by human votes (Bradley-Terry, bootstrap 95% intervals) and the win-rate matrix."""
+    """Checkpoints ranked by human votes (Bradley-Terry, bootstrap 95% intervals) and the win-rate matrix.
+
+    Both the scores' intervals and each cell's win-rate interval come from ``n_bootstrap``
+    resamples of whole comparisons.
+    """
     votes = project_votes([project.pk])[project.pk]
     counts = tally(votes)
     ids = sorted({v.a for v in votes} | {v.b for v in votes})
@@ -211,6 +270,7 @@ def leaderboard_for(project: Project, *, n_bootstrap: int = 1000, seed: int = 0)
     rows.sort(key=lambda r: (r.rank, -r.score, r.checkpoint.version))
     _place_intervals(rows)
     ordered = [r.checkpoint for r in rows]
+    intervals = _pair_intervals(votes, n_bootstrap=n_bootstrap, seed=seed) if n_bootstrap > 0 else {}
     matrix = []
     for x in ordered:
         cells: list[Cell | None] = []
@@ -220,7 +280,8 @@ def leaderboard_for(project: Project, *, n_bootstrap: int = 1000, seed: int = 0)
                 continue
             count = counts.between(x.pk, y.pk)
             rate = (count.a_wins + 0.5 * (count.ties + count.both_bad)) / count.total if count.total else None
-            cells.append(Cell(count, rate))
+            lower, upper, comparisons = intervals.get((x.pk, y.pk), (None, None, 0))
+            cells.append(Cell(count, rate, lower, upper, comparisons))
         matrix.append((x, cells))
     return Leaderboard(rows=rows, matrix=matrix, votes=len(votes), n_bootstrap=n_bootstrap)
 
@@ -238,15 +299,28 @@ def _place_intervals(rows: list[LeaderboardRow]) -> None:
         r.dot = 100 * (r.score - low) / span
 
 
+def _pair_intervals(
+    votes: list[Vote], *, n_bootstrap: int, seed: int
+) -> dict[tuple[int, int], tuple[float | None, float | None, int]]:
+    """{(x, y): (lower, upper, comparisons)} of x's win rate against y, both orders, clustered by comparison.
+
+    One bootstrap per pair that met; y's interval against x is the mirror of x's (1 - upper,
+    1 - lower), as the resampled shares are.
+    """
+    by_pair: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for vote in votes:
+        by_pair[(vote.a, vote.b)].append(vote.as_dict())
+    out: dict[tuple[int, int], tuple[float | None, float | None, int]] = {}
+    for (a, b), pair_votes in by_pair.items():
+        result = clustered_win_rate(pair_votes, str(a), str(b), resamples=n_bootstrap, seed=seed)
+        out[(a, b)] = (result["lower"], result["upper"], result["comparisons"])
+        out[(b, a)] = (1.0 - result["upper"], 1.0 - result["lower"], result["comparisons"])
+    return out
+
+
 def _fit(votes: list[Vote], ids: list[int], *, n_bootstrap: int, seed: int) -> dict[int, dict]:
     """{checkpoint id: {score, lower, upper, rank}} from ``training.ml.leaderboard``."""
-    from training.ml.leaderboard import leaderboard
-
     if not votes:
         return {}
-    result = leaderboard(
-        [{"model_a": str(v.a), "model_b": str(v.b), "winner": v.outcome} for v in votes],
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-    )
+    result = leaderboard([v.as_dict() for v in votes], n_bootstrap=n_bootstrap, seed=seed)
     return {int(row["model"]): row for row in result["rows"]}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from django.urls import reverse
 
 from annotation.models import AnnotatorProfile, Comparison, ComparisonItem, Judgment, Prompt, Response, Round
 from tests.dashboard.conftest import make_vote_round
-from training.leaderboard_data import Vote, leaderboard_for, project_votes, tally
+from training.leaderboard_data import Vote, head_to_head, leaderboard_for, project_votes, tally
+from training.ml.leaderboard import win_rate_interval
 from training.models import Checkpoint
 
 
@@ -24,11 +26,12 @@ def test_it_maps_each_judgment_to_a_vote_between_checkpoints(project, annotator,
     )
     votes = project_votes([project.pk])[project.pk]
     judgments = [c.judgments.get().pk for c in comparisons]
+    ids = [c.pk for c in comparisons]
     assert votes == [
-        Vote(v0.pk, v1.pk, "a", judgments[0]),
-        Vote(v0.pk, v1.pk, "b", judgments[1]),
-        Vote(v0.pk, v1.pk, "tie", judgments[2]),
-        Vote(v0.pk, v1.pk, "both_bad", judgments[3]),
+        Vote(v0.pk, v1.pk, "a", judgments[0], ids[0]),
+        Vote(v0.pk, v1.pk, "b", judgments[1], ids[1]),
+        Vote(v0.pk, v1.pk, "tie", judgments[2], ids[2]),
+        Vote(v0.pk, v1.pk, "both_bad", judgments[3], ids[3]),
     ]
     counts = tally(votes).between(v1.pk, v0.pk)
     assert (counts.a_wins, counts.b_wins, counts.ties, counts.both_bad) == (1, 1, 1, 1)
@@ -105,9 +108,45 @@ def test_it_ranks_checkpoints_with_intervals_and_a_win_rate_matrix(project, anno
     row_v2 = board.matrix[0][1]
     assert row_v2[0] is None  # the diagonal
     assert row_v2[1].rate == (8 + 0.5) / 11 and row_v2[1].tone == "win"
+    assert row_v2[1].lower < row_v2[1].rate < row_v2[1].upper and row_v2[1].comparisons == 11
+    v1_vs_v2 = board.matrix[1][1][0]  # the mirror cell
+    assert v1_vs_v2.lower == pytest.approx(1 - row_v2[1].upper)
+    assert v1_vs_v2.upper == pytest.approx(1 - row_v2[1].lower)
     # Same seed, same intervals.
     again = leaderboard_for(project, n_bootstrap=200, seed=1)
     assert [(r.lower, r.upper) for r in again.rows] == [(r.lower, r.upper) for r in board.rows]
+
+
+def test_it_gives_a_head_to_head_win_rate_clustered_by_comparison(
+    project, annotator, other_annotator, django_assert_num_queries
+):
+    v0, v1, v2 = three_checkpoints(project)
+    # Ten comparisons of v1 (left) against its parent v0, each judged alike by two annotators.
+    _rnd, comparisons = make_vote_round(
+        project,
+        [v1, v0],
+        ["left"] * 6 + ["right"] * 2 + ["tie", "both_bad"],
+        annotators=[annotator, other_annotator],
+        number=1,
+    )
+    make_vote_round(project, [v2, v1], ["left"] * 5, annotators=[annotator], number=2)  # another pair
+    Comparison.objects.filter(pk=comparisons[0].pk).update(is_gold=True, gold_ranking=[[1], [2]])
+
+    with django_assert_num_queries(2):
+        new = head_to_head(project.pk, v1.pk, v0.pk)
+    assert (new["wins"], new["losses"], new["ties"]) == (10, 4, 4)  # the gold comparison left out
+    assert (new["n"], new["comparisons"]) == (18, 9)
+    assert new["win_rate"] == pytest.approx((10 + 0.5 * 4) / 18)
+    assert 0.0 <= new["lower"] < new["win_rate"] < new["upper"] <= 1.0
+    # Two agreeing annotators are not two trials: wider than a Wilson interval over the 18 votes.
+    over_votes = win_rate_interval(10, 4, 4)
+    assert new["upper"] - new["lower"] > 1.2 * (over_votes["upper"] - over_votes["lower"])
+
+    parent = head_to_head(project.pk, v0.pk, v1.pk)
+    assert (parent["wins"], parent["losses"], parent["ties"]) == (4, 10, 4)
+    assert parent["win_rate"] == pytest.approx(1 - new["win_rate"])
+    never = head_to_head(project.pk, v0.pk, v2.pk)
+    assert never["n"] == never["comparisons"] == 0 and never["win_rate"] is None
 
 
 def test_it_renders_the_leaderboard_page(admin_client, project, annotator):

@@ -1,12 +1,24 @@
-"""Leaderboard maths: Bradley–Terry scores, bootstrap intervals, rank rule, win rates."""
+"""Leaderboard maths: Bradley–Terry scores, bootstrap intervals, rank rule, win rates.
+
+The coverage tests simulate the case that made the old intervals dishonest: three voters per
+comparison, each comparison with its own latent preference, so its votes agree more than
+independent votes would.
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from training.ml.leaderboard import fit_bradley_terry, leaderboard, ranks_from_intervals, win_rate_interval
+from training.ml.leaderboard import (
+    clustered_win_rate,
+    fit_bradley_terry,
+    leaderboard,
+    ranks_from_intervals,
+    win_rate_interval,
+)
 
 # (model_a, model_b): (a wins, b wins, ties, both bad). Known order: gold > silver > bronze > tin.
 TABLE = {
@@ -152,3 +164,110 @@ def test_it_gives_a_wilson_interval_for_a_checkpoint_against_its_parent():
     assert win_rate_interval(5, 0)["upper"] == 1.0
     with pytest.raises(ValueError):
         win_rate_interval(-1, 2)
+
+
+# --- votes clustered by comparison -------------------------------------------------------------
+
+TRUE_RATE = 0.6  # how often "new" beats "parent" over all comparisons
+CONCENTRATION = 1.5  # p_c ~ Beta(0.6 · 1.5, 0.4 · 1.5): votes of one comparison correlate by 1 / 2.5
+VOTERS = 3
+
+
+def _simulated_votes(rng, n_comparisons, *, true_rate=TRUE_RATE, voters=VOTERS):
+    """``n_comparisons`` × ``voters`` votes "new" vs "parent"; comparison c's voters each prefer
+    "new" with its own p_c, drawn from a Beta whose mean is ``true_rate``."""
+    p = rng.beta(true_rate * CONCENTRATION, (1 - true_rate) * CONCENTRATION, size=n_comparisons)
+    new_won = rng.random((n_comparisons, voters)) < p[:, None]  # (C, V)
+    return [
+        {"model_a": "new", "model_b": "parent", "winner": "a" if won else "b", "comparison": c}
+        for c in range(n_comparisons)
+        for won in new_won[c]
+    ]
+
+
+def test_it_covers_the_true_win_rate_when_voters_share_a_comparison():
+    rng = np.random.default_rng(7)
+    repetitions, clustered, independent = 400, 0, 0
+    for seed in range(repetitions):
+        votes = _simulated_votes(rng, 60)
+        result = clustered_win_rate(votes, "new", "parent", resamples=1000, seed=seed)
+        clustered += result["lower"] <= TRUE_RATE <= result["upper"]
+        old = win_rate_interval(result["wins"], result["losses"], result["ties"])  # one vote, one trial
+        independent += old["lower"] <= TRUE_RATE <= old["upper"]
+    # Measured: 0.945 clustered, 0.865 for the Wilson interval over votes.
+    assert clustered / repetitions >= 0.93
+    assert independent / repetitions < 0.90
+
+
+def test_it_covers_the_true_score_gap_when_voters_share_a_comparison():
+    # Two models: the Bradley–Terry gap is the log-odds of the share, so "new" sits at
+    # 1000 + 200 · log10(odds) on the Elo-like scale.
+    truth = 1000 + 200 * math.log10(TRUE_RATE / (1 - TRUE_RATE))
+    rng = np.random.default_rng(5)
+    repetitions, clustered, independent = 300, 0, 0
+    for seed in range(repetitions):
+        votes = _simulated_votes(rng, 100)
+        new = leaderboard(votes, n_bootstrap=500, seed=seed)["rows"]
+        new = next(row for row in new if row["model"] == "new")
+        clustered += new["lower"] <= truth <= new["upper"]
+        old = leaderboard(
+            [{k: v[k] for k in ("model_a", "model_b", "winner")} for v in votes], n_bootstrap=500, seed=seed
+        )
+        old = next(row for row in old["rows"] if row["model"] == "new")
+        independent += old["lower"] <= truth <= old["upper"]
+    # Measured: 0.947 resampling comparisons, 0.867 resampling votes (the old bootstrap).
+    assert clustered / repetitions >= 0.93
+    assert independent / repetitions < 0.90
+
+
+def _agreeing_voters(verdicts, voters):
+    """Each verdict judged by ``voters`` annotators of one comparison who all agree."""
+    return [
+        {"model_a": "new", "model_b": "parent", "winner": winner, "comparison": c}
+        for c, winner in enumerate(verdicts)
+        for _ in range(voters)
+    ]
+
+
+def test_it_widens_intervals_when_votes_repeat_within_a_comparison():
+    verdicts = ["a"] * 36 + ["b"] * 24
+    repeated = _agreeing_voters(verdicts, 3)  # 180 votes from 60 comparisons
+    spread = [dict(vote, comparison=i) for i, vote in enumerate(repeated)]  # 180 votes from 180
+    width = {}
+    for name, votes in (("repeated", repeated), ("spread", spread)):
+        new = next(row for row in leaderboard(votes, n_bootstrap=1000)["rows"] if row["model"] == "new")
+        rate = clustered_win_rate(votes, "new", "parent", resamples=1000)
+        width[name] = (new["upper"] - new["lower"], rate["upper"] - rate["lower"])
+        assert rate["win_rate"] == pytest.approx(0.6) and rate["n"] == 180
+    # Three agreeing votes are one piece of evidence: about √3 wider.
+    for repeated_width, spread_width in zip(width["repeated"], width["spread"], strict=True):
+        assert 1.4 < repeated_width / spread_width < 2.1
+
+
+def test_it_treats_votes_without_a_comparison_as_comparisons_of_their_own():
+    keyed = [dict(vote, comparison=i) for i, vote in enumerate(_votes())]
+    unkeyed = leaderboard(_votes(), n_bootstrap=300, seed=3)
+    assert leaderboard(keyed, n_bootstrap=300, seed=3) == unkeyed  # draw for draw
+    assert leaderboard([dict(v, comparison=None) for v in _votes()], n_bootstrap=300, seed=3) == unkeyed
+    assert unkeyed["comparisons"] == len(_votes())
+    assert leaderboard(_agreeing_voters(["a", "b"], 3), n_bootstrap=10)["comparisons"] == 2
+
+
+def test_it_counts_a_head_to_head_from_either_side():
+    votes = [
+        {"model_a": "new", "model_b": "parent", "winner": "a", "comparison": 1},
+        {"model_a": "new", "model_b": "parent", "winner": "a", "comparison": 1},
+        {"model_a": "parent", "model_b": "new", "winner": "a", "comparison": 2},  # parent won
+        {"model_a": "parent", "model_b": "new", "winner": "b", "comparison": 3},  # new won
+        {"model_a": "new", "model_b": "parent", "winner": "tie", "comparison": 3},
+        {"model_a": "parent", "model_b": "new", "winner": "both_bad"},
+        {"model_a": "new", "model_b": "other", "winner": "a", "comparison": 4},  # another pair
+    ]
+    new = clustered_win_rate(votes, "new", "parent", resamples=500)
+    assert (new["wins"], new["losses"], new["ties"], new["n"], new["comparisons"]) == (3, 1, 2, 6, 4)
+    assert new["win_rate"] == pytest.approx(4 / 6)
+    assert 0.0 <= new["lower"] < new["win_rate"] < new["upper"] <= 1.0
+    parent = clustered_win_rate(votes, "parent", "new", resamples=500)
+    assert (parent["wins"], parent["losses"]) == (1, 3) and parent["win_rate"] == pytest.approx(2 / 6)
+    never = clustered_win_rate(votes, "parent", "other")
+    assert never["n"] == 0 and never["win_rate"] is None and never["lower"] is None
