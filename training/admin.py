@@ -31,7 +31,7 @@ class MetricAdmin(admin.ModelAdmin):
 
 @admin.register(RewardModel)
 class RewardModelAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "accuracy", "eval_loss", "mean_margin", "learned", "created_at"]
+    list_display = ["__str__", "verdict", "eval_loss", "mean_margin", "learned", "created_at"]
     list_filter = ["learned", "project"]
     search_fields = ["uri", "project__name"]
     raw_id_fields = ["run", "base_checkpoint", "snapshot"]

@@ -29,7 +29,7 @@ from annotation.models import Comparison, ComparisonItem, Judgment, Project, Pro
 from training import serializers as s
 from training.exports import export_create, export_file
 from training.launch import LAUNCHERS
-from training.models import Checkpoint, Export, TrainingRun
+from training.models import Checkpoint, Export, RewardModel, TrainingRun
 from training.parsers import StorableJSONParser, api_error
 from training.runs import QueueUnavailable, runs_reap_lost
 from webapp.roles import ADMIN, RESEARCHER, has_role
@@ -257,6 +257,19 @@ class CheckpointViewSet(viewsets.ReadOnlyModelViewSet, _Base):
         )
 
 
+@extend_schema_view(list=extend_schema(parameters=[PROJECT, P("learned", OpenApiTypes.BOOL)]))
+class RewardModelViewSet(viewsets.ReadOnlyModelViewSet, _Base):
+    serializer_class = s.RewardModelSerializer
+
+    def get_queryset(self):
+        r = self.request
+        return _filter(
+            RewardModel.objects.order_by("project_id", "-created_at", "-id"),
+            project_id=_int(r, "project"),
+            learned=_bool(r, "learned"),
+        )
+
+
 @extend_schema_view(
     list=extend_schema(
         parameters=[
@@ -302,7 +315,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         except QueueUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
         except DjangoValidationError as exc:
-            raise ValidationError(exc.messages) from exc
+            raise ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages) from exc
         return APIResponse(s.RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
 
@@ -373,6 +386,7 @@ router.register("rounds", RoundViewSet, basename="api-round")
 router.register("comparisons", ComparisonViewSet, basename="api-comparison")
 router.register("judgments", JudgmentViewSet, basename="api-judgment")
 router.register("checkpoints", CheckpointViewSet, basename="api-checkpoint")
+router.register("reward-models", RewardModelViewSet, basename="api-reward-model")
 router.register("runs", RunViewSet, basename="api-run")
 router.register("exports", ExportViewSet, basename="api-export")
 

@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 
 from annotation.models import Project, Prompt
 from training.models import Checkpoint, RewardModel
+from training.reward_models import not_learned_reason
 
 NOT_THIS_PROJECT = (
     "Choose one of this project's {what}; that one belongs to another project or does not exist."
@@ -33,8 +34,13 @@ class CheckpointMultipleChoiceField(forms.ModelMultipleChoiceField):
 
 class RewardModelChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: RewardModel) -> str:
-        accuracy = f" · held-out accuracy {obj.accuracy:.0%}" if obj.accuracy is not None else ""
-        return f"Reward model #{obj.pk}{accuracy}"
+        return f"Reward model #{obj.pk} · {obj.verdict}"
+
+
+def _train_policy_anyway(help_text: str) -> forms.BooleanField:
+    return forms.BooleanField(
+        label="Train the policy anyway", required=False, initial=False, help_text=help_text
+    )
 
 
 def _learning_rate(initial: float) -> forms.FloatField:
@@ -176,12 +182,33 @@ class PPOLaunchForm(ProjectForm):
         help_text="Sampling temperature (must be above 0).",
     )
     seed = _positive_int(0, "Seed for sampling and prompt order.", min_value=0, max_value=2**31 - 1)
+    train_policy_anyway = _train_policy_anyway(
+        "Run PPO even though the chosen reward model did not learn (its held-out accuracy is not "
+        "better than chance). PPO then follows noise; tick it only to try the pipeline."
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        chosen = self.initial.get("reward_model") if not self.is_bound else None
+        if isinstance(chosen, RewardModel) and not chosen.learned:
+            # The newest reward model is chosen for the admin; say so before they launch on it.
+            self.fields["reward_model"].warning = not_learned_reason(chosen)
 
     def clean(self):
         data = super().clean()
         batch, mini = data.get("batch_size"), data.get("mini_batch_size")
         if batch and mini and batch % mini:
             self.add_error("mini_batch_size", f"The mini-batch size must divide the batch size ({batch}).")
+        reward_model = data.get("reward_model")
+        if reward_model is not None and not reward_model.learned and not data.get("train_policy_anyway"):
+            self.add_error(
+                "reward_model",
+                ValidationError(
+                    f"{not_learned_reason(reward_model)} Choose a reward model that learned, or tick "
+                    "'Train the policy anyway'.",
+                    code="not_learned",
+                ),
+            )
         return data
 
     def config(self) -> dict:
@@ -205,6 +232,7 @@ class PPOLaunchForm(ProjectForm):
                 )
             }
             | {"reward_norm_samples": 32},  # the default 128 reference samples is slow on a CPU
+            "train_policy_anyway": d["train_policy_anyway"],
         }
 
 
@@ -226,6 +254,11 @@ class LoopLaunchForm(ProjectForm):
         required=False,
         initial=True,
         help_text="When PPO is done, publish the new policy so the next round can compare it with its parent.",
+    )
+    train_policy_anyway = _train_policy_anyway(
+        "Go on to PPO even when the reward model does not learn (the interval of its held-out "
+        "accuracy includes chance, 0.5). Left unticked, the loop stops before PPO and says how many "
+        "pairs it had and what to collect next."
     )
     seed = _positive_int(0, "Seed for every stage.", min_value=0, max_value=2**31 - 1)
 
@@ -261,6 +294,7 @@ class LoopLaunchForm(ProjectForm):
             },
             "pairs": {"weighting": "per_pair"},
             "open_next_round": d["open_next_round"],
+            "train_policy_anyway": d["train_policy_anyway"],
         }
 
 

@@ -12,7 +12,9 @@ What each run's ``config`` holds (the task reads it back):
   "pairs": PairOptions fields}``
 - PPO: ``{"policy_checkpoint_id", "reward_model_id", "training": PPOConfig fields}``
 - full loop: ``{"base_checkpoint_id", "reward_model": {...}, "ppo": {...}, "pairs": {...},
-  "open_next_round": bool}`` (the loop publishes its checkpoint when that is set)
+  "open_next_round": bool, "train_policy_anyway": bool}`` (the loop publishes its checkpoint
+  when ``open_next_round`` is set; it stops before PPO when the reward model did not learn,
+  unless ``train_policy_anyway`` is true: see ``training.loop``)
 
 A launch either leaves a queued run behind or raises: ``QueueUnavailable`` when the
 broker cannot be reached (the run is deleted again), ``LaunchUnavailable`` when the
@@ -22,6 +24,8 @@ step is not installed.
 from __future__ import annotations
 
 import importlib
+
+from django.core.exceptions import ValidationError
 
 from annotation.models import Project
 from training.models import TrainingRun
@@ -84,7 +88,12 @@ def ppo_launch(*, project: Project, config: dict, created_by=None) -> TrainingRu
 
 
 def loop_launch(*, project: Project, config: dict, created_by=None) -> TrainingRun:
-    """Queue the whole loop: snapshot, reward model, PPO, then (optionally) the next round."""
+    """Queue the whole loop: snapshot, reward model, PPO, then (optionally) the next round.
+
+    Raises ValidationError keyed by field when ``train_policy_anyway`` is there but not a boolean.
+    """
+    if not isinstance(config.get("train_policy_anyway", False), bool):
+        raise ValidationError({"train_policy_anyway": "Expected true or false."})
     return _launch(project=project, kind=TrainingRun.Kind.LOOP, config=config, created_by=created_by)
 
 

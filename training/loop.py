@@ -6,21 +6,43 @@ inputs, and retrying the loop skips the steps that already succeeded.
 
 The loop's config (see ``training.launch``): ``{"base_checkpoint_id", "filters",
 "pairs", "reward_model": RewardModelConfig fields, "ppo": PPOConfig fields,
-"open_next_round": bool, "round": RoundConfig fields for that next round}``.
+"open_next_round": bool, "round": RoundConfig fields for that next round,
+"train_policy_anyway": bool}``.
+
+The loop guards the policy: when the reward model did not learn (the 95% interval of its
+held-out accuracy includes chance), the loop fails before PPO with a plain reason and what
+to do, unless ``train_policy_anyway`` is true. PPO against such a model follows noise; the
+reward model's row and run stay, so the admin can see the figures.
 """
 
 from __future__ import annotations
 
 from django.utils import timezone
 
-from training.models import TrainingRun
+from training.models import RewardModel, TrainingRun
 from training.policies import ppo_train
-from training.reward_models import reward_model_train, run_base_checkpoint
-from training.runs import RunCancelled, RunReporter, running
+from training.reward_models import not_learned_reason, reward_model_train, run_base_checkpoint
+from training.runs import RunCancelled, RunReporter, RunStopped, running
 
 
-class StepFailed(Exception):
+class StepFailed(RunStopped):
     """A step of the loop failed; its own run holds the details."""
+
+
+def policy_guard(reward_model: RewardModel, config: dict, reporter: RunReporter) -> None:
+    """Stop the loop before PPO when ``reward_model`` did not learn, unless the launch said to go on."""
+    if reward_model.learned:
+        return
+    reporter.log(f"Reward model #{reward_model.pk}: {reward_model.verdict}.")
+    if config.get("train_policy_anyway") is True:
+        reporter.log("Training the policy anyway, as the launch asked.")
+        return
+    reporter.stage("Stopped before PPO: the reward model did not learn")
+    raise RunStopped(
+        f"{not_learned_reason(reward_model)} Collect more judgments (more prompts, more overlap, or "
+        "K-wise rounds, which give C(K,2) pairs per judgment) and launch the loop again, or launch it "
+        "with 'Train the policy anyway' ticked."
+    )
 
 
 def _child(loop: TrainingRun, kind: str, config: dict) -> TrainingRun:
@@ -77,6 +99,11 @@ def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
         reward_model_train,
     )
     reporter.raise_if_cancelled()
+    reward_model = RewardModel.objects.select_related("snapshot").get(
+        pk=reward_run.outputs["reward_model_id"]
+    )
+    run.outputs = {**run.outputs, "reward_model_id": reward_model.pk}
+    policy_guard(reward_model, config, reporter)
     reporter.progress(1, 2, "Step 2 of 2: PPO", force=True)
     ppo_run = _run_step(
         _child(
@@ -84,7 +111,7 @@ def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
             TrainingRun.Kind.PPO,
             {
                 "policy_checkpoint_id": base.pk,
-                "reward_model_id": reward_run.outputs["reward_model_id"],
+                "reward_model_id": reward_model.pk,
                 "training": config.get("ppo", {}),
                 "auto_publish": bool(config.get("open_next_round")),
                 "round": config.get("round", {}),
@@ -95,7 +122,7 @@ def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
     )
     run.outputs = {
         **run.outputs,
-        "reward_model_id": reward_run.outputs.get("reward_model_id"),
+        "reward_model_id": reward_model.pk,
         "checkpoint_id": ppo_run.outputs.get("checkpoint_id"),
         "finished": timezone.now().isoformat(),
     }

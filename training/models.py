@@ -174,7 +174,11 @@ class RewardModel(models.Model):
     accuracy = models.FloatField(null=True, blank=True, help_text="Held-out pairwise accuracy.")
     eval_loss = models.FloatField(null=True, blank=True)
     mean_margin = models.FloatField(null=True, blank=True)
-    learned = models.BooleanField(default=True, help_text="False when eval loss stayed near ln 2 (chance).")
+    learned = models.BooleanField(
+        default=True,
+        help_text="True only when the 95% interval of the held-out accuracy lies above chance (0.5); "
+        "the loop stops before PPO on a reward model that did not learn.",
+    )
     evaluation = models.JSONField(
         default=dict, blank=True, help_text="Accuracy by round and by source, and more."
     )
@@ -185,6 +189,71 @@ class RewardModel(models.Model):
 
     def __str__(self) -> str:
         return f"Reward model #{self.pk} ({self.project})"
+
+    # What the dashboard, the API and the loop say about a reward model, said in one place.
+
+    @property
+    def held_out_pairs(self) -> int | None:
+        return self.evaluation.get("pairs") if self.evaluation else None
+
+    @property
+    def held_out_prompts(self) -> int | None:
+        return self.evaluation.get("prompts") if self.evaluation else None
+
+    @property
+    def accuracy_interval(self) -> tuple[float, float] | None:
+        """95% interval of the held-out accuracy; None when there is nothing to base one on.
+
+        The interval recorded at evaluation (clustered by prompt), else, for models evaluated
+        before it was recorded, a Wilson interval over the held-out pairs (narrower than the
+        clustered one: it treats the pairs of one ranking as independent).
+        """
+        evaluation = self.evaluation or {}
+        lower, upper = evaluation.get("accuracy_lower"), evaluation.get("accuracy_upper")
+        if lower is not None and upper is not None:
+            return (float(lower), float(upper))
+        pairs = self.held_out_pairs
+        if self.accuracy is None or self.accuracy != self.accuracy or not pairs:  # None, NaN, no pairs
+            return None
+        from training.ml.intervals import wilson_interval
+
+        return wilson_interval(self.accuracy * pairs, pairs)
+
+    @property
+    def accuracy_lower(self) -> float | None:
+        interval = self.accuracy_interval
+        return interval[0] if interval else None
+
+    @property
+    def accuracy_upper(self) -> float | None:
+        interval = self.accuracy_interval
+        return interval[1] if interval else None
+
+    @property
+    def held_out_summary(self) -> str:
+        """The held-out figures in words, as many as are known: held-out accuracy 0.55 [0.42, 0.68]
+        on 40 pairs from 12 prompts."""
+        if self.accuracy is None or self.accuracy != self.accuracy:
+            return "no held-out accuracy (no held-out pairs to evaluate it on)"
+        text = f"held-out accuracy {self.accuracy:.2f}"
+        if (interval := self.accuracy_interval) is not None:
+            text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+        if (pairs := self.held_out_pairs) is not None:
+            text += f" on {pairs} pair{'' if pairs == 1 else 's'}"
+            if (prompts := self.held_out_prompts) is not None:
+                text += f" from {prompts} prompt{'' if prompts == 1 else 's'}"
+        return text
+
+    @property
+    def verdict(self) -> str:
+        """The held-out summary and what it means: "...: learned" or "...: not better than chance"."""
+        if self.learned:
+            conclusion = "learned"
+        elif self.accuracy_interval is not None:
+            conclusion = "not better than chance"
+        else:
+            conclusion = "not shown to learn"
+        return f"{self.held_out_summary}: {conclusion}"
 
 
 class Export(models.Model):

@@ -15,6 +15,8 @@ from django.conf import settings
 from training.models import Checkpoint, RewardModel, TrainingRun
 from training.runs import RunCancelled, RunReporter
 
+CHANCE = 0.5  # the held-out accuracy of a reward model that scores at random
+
 
 def run_base_checkpoint(run: TrainingRun, key: str = "base_checkpoint_id") -> Checkpoint:
     """The checkpoint a run starts from: the one in its config, else the project's newest published."""
@@ -150,9 +152,61 @@ def _reward_model_record(
         learned=bool(evaluation.get("learned")),
         evaluation={**evaluation, "train": results.get("train", {})},
     )
-    run.outputs = {**run.outputs, "reward_model_id": reward_model.pk, "accuracy": reward_model.accuracy}
-    verdict = "learned" if reward_model.learned else "NOT learned (held-out loss stayed near ln 2)"
-    reporter.log(
-        f"Reward model #{reward_model.pk}: held-out accuracy {reward_model.accuracy:.3f}, {verdict}."
-    )
+    run.outputs = {**run.outputs, **reward_model_outputs(reward_model)}
+    reporter.log(f"Reward model #{reward_model.pk}: {reward_model.verdict}.")
     return reward_model
+
+
+def reward_model_outputs(reward_model: RewardModel) -> dict:
+    """What a run that made ``reward_model`` reports about it in its ``outputs`` (the API shows them)."""
+    return {
+        "reward_model_id": reward_model.pk,
+        "accuracy": reward_model.accuracy,
+        "accuracy_lower": reward_model.accuracy_lower,
+        "accuracy_upper": reward_model.accuracy_upper,
+        "learned": reward_model.learned,
+        "verdict": reward_model.verdict,
+    }
+
+
+def not_learned_reason(reward_model: RewardModel) -> str:
+    """Why policy training on ``reward_model`` (one that did not learn) would follow noise, in plain words.
+
+    Names the held-out figures and, when known, how many pairs and judgments the model was trained
+    from, so the admin sees how far the data are from enough.
+    """
+    interval = reward_model.accuracy_interval
+    if interval is None:
+        reason = (
+            f"Reward model #{reward_model.pk} was not shown to learn: {reward_model.held_out_summary}, "
+            "so nothing says its scores beat chance and PPO would follow noise."
+        )
+    elif interval[1] < CHANCE:
+        reason = (
+            f"Reward model #{reward_model.pk} did not learn: {reward_model.held_out_summary} lies below "
+            f"chance ({CHANCE}), so PPO would follow noise."
+        )
+    else:
+        reason = (
+            f"Reward model #{reward_model.pk} did not learn: {reward_model.held_out_summary} includes "
+            f"chance ({CHANCE}), so PPO would follow noise."
+        )
+    snapshot = reward_model.snapshot
+    if snapshot is not None:
+        reason += (
+            f" It was trained on a snapshot of {snapshot.pair_count} pair{'' if snapshot.pair_count == 1 else 's'}"
+            f" from {snapshot.judgment_count} judgment{'' if snapshot.judgment_count == 1 else 's'}."
+        )
+    return reason
+
+
+def run_reward_model(run: TrainingRun) -> RewardModel | None:
+    """The reward model a run made (a reward-model run, or a loop's reward-model step) or, for PPO,
+    trained against; None when it has none (yet)."""
+    if run.kind == TrainingRun.Kind.REWARD_MODEL:
+        return RewardModel.objects.filter(run=run).first()
+    if run.kind == TrainingRun.Kind.LOOP:
+        return RewardModel.objects.filter(run__parent=run).order_by("-created_at").first()
+    if run.kind == TrainingRun.Kind.PPO and isinstance(run.config.get("reward_model_id"), int):
+        return RewardModel.objects.filter(project=run.project_id, pk=run.config["reward_model_id"]).first()
+    return None

@@ -70,6 +70,11 @@ class RunCancelled(Exception):
     """Raised inside a task when the admin asked the run to stop."""
 
 
+class RunStopped(Exception):
+    """Raised inside a task to fail the run with a reason written for the admin: the dashboard
+    and the API show the message as it is, with no exception name in front."""
+
+
 def enqueue(run: TrainingRun, task, *, cleanup: Callable[[], None] | None = None) -> None:
     """Send ``task(run.pk)`` to the broker after the current transaction commits.
 
@@ -300,6 +305,8 @@ def describe_error(exc: BaseException) -> str:
             "The GPU ran out of memory. Lower the batch size or the maximum length, "
             "or use a GPU with more memory, then retry."
         )
+    if isinstance(exc, RunStopped):
+        return str(exc)
     if isinstance(exc, FileNotFoundError):
         return str(exc) or "A file or model path does not exist."
     message = str(exc).strip() or type(exc).__name__

@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 from annotation.models import Comparison, Judgment, Project, Prompt, Round
 from training.exports import normalise_filters
-from training.models import Checkpoint, Export, TrainingRun
+from training.models import Checkpoint, Export, RewardModel, TrainingRun
 from training.snapshots import annotator_pseudonym
 
 ROLES = ("system", "user", "assistant")
@@ -165,6 +165,48 @@ class CheckpointSerializer(serializers.ModelSerializer):
         ]
 
 
+class RewardModelSerializer(serializers.ModelSerializer):
+    """A reward model with its held-out verdict: ``learned`` is true only when the 95% interval of
+    its held-out accuracy lies above chance (0.5)."""
+
+    accuracy_lower = serializers.FloatField(
+        read_only=True, allow_null=True, help_text="Lower end of the 95% interval of the held-out accuracy."
+    )
+    accuracy_upper = serializers.FloatField(
+        read_only=True, allow_null=True, help_text="Upper end of the 95% interval of the held-out accuracy."
+    )
+    held_out_pairs = serializers.IntegerField(read_only=True, allow_null=True)
+    held_out_prompts = serializers.IntegerField(read_only=True, allow_null=True)
+    verdict = serializers.CharField(
+        read_only=True,
+        help_text='In words, e.g. "held-out accuracy 0.55 [0.42, 0.68] on 40 pairs from 12 prompts: '
+        'not better than chance".',
+    )
+
+    class Meta:
+        model = RewardModel
+        fields = [
+            "id",
+            "project",
+            "run",
+            "base_checkpoint",
+            "snapshot",
+            "uri",
+            "accuracy",
+            "accuracy_lower",
+            "accuracy_upper",
+            "held_out_pairs",
+            "held_out_prompts",
+            "eval_loss",
+            "mean_margin",
+            "learned",
+            "verdict",
+            "evaluation",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
 class RunSerializer(serializers.ModelSerializer):
     progress_percent = serializers.IntegerField(read_only=True)
 
@@ -195,7 +237,12 @@ class RunSerializer(serializers.ModelSerializer):
 class RunLaunchSerializer(serializers.Serializer):
     project = serializers.PrimaryKeyRelatedField(queryset=Project.objects.all())
     kind = serializers.ChoiceField(choices=LAUNCHABLE)
-    config = serializers.DictField(required=False, default=dict)
+    config = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="The run's config (training.launch). A loop stops before PPO when its reward model "
+        'did not learn, unless the config has "train_policy_anyway": true.',
+    )
 
 
 class ExportFiltersSerializer(serializers.Serializer):

@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 
 from tests.exports.conftest import judged  # noqa: F401  (a fixture, used by name)
 from training.exports import export_run
-from training.models import Export, TrainingRun
+from training.models import Export, RewardModel, TrainingRun
 
 
 def token_client(user) -> APIClient:
@@ -20,13 +20,22 @@ def token_client(user) -> APIClient:
 
 @pytest.fixture
 def world(judged, admin_user):  # noqa: F811
-    """The judged project plus a finished export and a run, so every detail URL has an object."""
+    """The judged project plus a finished export, a run and its reward model, so every detail URL
+    has an object."""
     export = export_run(Export.objects.create(project=judged, format=Export.Format.TRL_JSONL))
     assert export.status == Export.Status.SUCCEEDED, export.error
     run = TrainingRun.objects.create(
         project=judged, kind=TrainingRun.Kind.REWARD_MODEL, created_by=admin_user
     )
-    return {"project": judged, "export": export, "run": run}
+    reward_model = RewardModel.objects.create(  # one whose held-out interval includes chance
+        project=judged,
+        run=run,
+        uri="/rm",
+        accuracy=0.55,
+        learned=False,
+        evaluation={"pairs": 40, "prompts": 12, "accuracy_lower": 0.42, "accuracy_upper": 0.68},
+    )
+    return {"project": judged, "export": export, "run": run, "reward_model": reward_model}
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from annotation.models import Judgment, Prompt
 from tests.api.conftest import token_client
-from training.models import Export, TrainingRun
+from training.models import Export, RewardModel, TrainingRun
 from training.snapshots import annotator_pseudonym
 
 pytestmark = pytest.mark.django_db
@@ -89,6 +89,43 @@ def test_admins_launch_runs(world, admin_user, no_queue):
     assert ("run", run.pk) in no_queue
 
 
+def test_admins_launch_a_loop_that_trains_the_policy_anyway(world, admin_user, no_queue):
+    client = token_client(admin_user)
+    project = world["project"].pk
+    response = client.post(
+        "/api/runs/",
+        {"project": project, "kind": "loop", "config": {"train_policy_anyway": True}},
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    assert TrainingRun.objects.get(pk=response.json()["id"]).config["train_policy_anyway"] is True
+    refused = client.post(
+        "/api/runs/",
+        {"project": project, "kind": "loop", "config": {"train_policy_anyway": "yes please"}},
+        format="json",
+    )
+    assert refused.status_code == 400
+    assert refused.json() == {"train_policy_anyway": ["Expected true or false."]}
+    assert TrainingRun.objects.filter(kind="loop").count() == 1
+
+
+def test_reward_models_show_their_interval_and_verdict(world, researcher):
+    project, unlearned = world["project"], world["reward_model"]
+    old = RewardModel.objects.create(project=project, uri="/old", accuracy=0.9, evaluation={"pairs": 100})
+    client = token_client(researcher)
+    body = client.get(f"/api/reward-models/{unlearned.pk}/").json()
+    assert (body["accuracy"], body["accuracy_lower"], body["accuracy_upper"]) == (0.55, 0.42, 0.68)
+    assert (body["held_out_pairs"], body["held_out_prompts"], body["learned"]) == (40, 12, False)
+    assert body["verdict"] == (
+        "held-out accuracy 0.55 [0.42, 0.68] on 40 pairs from 12 prompts: not better than chance"
+    )
+    body = client.get(f"/api/reward-models/{old.pk}/").json()  # evaluated before intervals: Wilson's
+    assert 0.82 < body["accuracy_lower"] < 0.9 < body["accuracy_upper"] < 0.96 and body["learned"]
+    listed = client.get("/api/reward-models/", {"project": project.pk, "learned": "false"}).json()
+    assert [m["id"] for m in listed["results"]] == [unlearned.pk]
+    assert client.post("/api/reward-models/", {}, format="json").status_code in (403, 405)
+
+
 def test_a_launch_without_a_queue_is_503(world, admin_user, monkeypatch):
     import training.runs
 
@@ -151,6 +188,7 @@ def test_the_schema_describes_every_resource(client):
         "comparisons",
         "judgments",
         "checkpoints",
+        "reward-models",
         "runs",
         "exports",
     ):

@@ -6,7 +6,7 @@ import pytest
 
 from annotation.models import Comparison, Judgment, Prompt, Round
 from tests.api.conftest import token_client
-from training.models import Checkpoint
+from training.models import Checkpoint, RewardModel
 
 pytestmark = pytest.mark.django_db
 
@@ -27,6 +27,8 @@ def _reads(w) -> list[str]:
         f"/api/judgments/{Judgment.objects.first().pk}/",
         "/api/checkpoints/",
         f"/api/checkpoints/{Checkpoint.objects.first().pk}/",
+        "/api/reward-models/",
+        f"/api/reward-models/{RewardModel.objects.first().pk}/",
         "/api/runs/",
         f"/api/runs/{w['run'].pk}/",
         "/api/exports/",

@@ -7,7 +7,7 @@ from django.test import Client
 
 from annotation.models import Comparison, ComparisonItem, Judgment, Prompt, Response, Round
 from tests.conftest import PASSWORD
-from training.models import Checkpoint, TrainingRun
+from training.models import Checkpoint, RewardModel, TrainingRun
 
 
 @pytest.fixture
@@ -53,6 +53,26 @@ def running_run(project, admin_user) -> TrainingRun:
         started_at=timezone.now() - timezone.timedelta(seconds=30),
         log_tail="12:00:00 Started on attempt 1.\n12:00:01 step 3/10 loss 0.69",
         created_by=admin_user,
+    )
+
+
+@pytest.fixture
+def unlearned_reward_model(project) -> RewardModel:
+    """A finished reward model whose held-out interval includes chance."""
+    run = TrainingRun.objects.create(project=project, kind="reward_model", status="succeeded")
+    return RewardModel.objects.create(
+        project=project,
+        run=run,
+        uri="/rm",
+        accuracy=0.55,
+        learned=False,
+        evaluation={
+            "pairs": 40,
+            "prompts": 12,
+            "accuracy": 0.55,
+            "accuracy_lower": 0.42,
+            "accuracy_upper": 0.68,
+        },
     )
 
 

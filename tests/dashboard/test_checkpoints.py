@@ -31,6 +31,17 @@ def test_it_shows_the_run_and_reward_model_behind_each_checkpoint(admin_client, 
     assert "from v0" in html
 
 
+def test_it_marks_a_checkpoint_trained_on_a_reward_model_that_did_not_learn(
+    admin_client, project, base_checkpoint, unlearned_reward_model
+):
+    Checkpoint.objects.create(
+        project=project, version=1, uri="/v1", parent=base_checkpoint, reward_model=unlearned_reward_model
+    )
+    html = admin_client.get(reverse("dashboard-checkpoints", args=[project.pk])).content.decode()
+    assert f"reward model #{unlearned_reward_model.pk} (55% held-out, 95% interval 42–68%)" in html
+    assert "not better than chance" in html and "did not learn" in html
+
+
 def test_it_publishes_and_retires_by_post(admin_client, project, child_checkpoint):
     assert child_checkpoint.status == "draft"
     csrf_post(admin_client, reverse("dashboard-publish", args=[child_checkpoint.pk]))

@@ -145,6 +145,37 @@ def test_it_refuses_ppo_with_a_foreign_reward_model_or_bad_batches(
     ]
 
 
+def test_it_warns_before_ppo_on_a_reward_model_that_did_not_learn(
+    admin_client, project, base_checkpoint, unlearned_reward_model, django_capture_on_commit_callbacks
+):
+    rm = unlearned_reward_model
+    # The newest reward model is chosen for the admin: the form says at once that it did not learn.
+    html = admin_client.get(launch_url(project, "ppo")).content.decode()
+    verdict = "held-out accuracy 0.55 [0.42, 0.68] on 40 pairs from 12 prompts"
+    assert f"Reward model #{rm.pk} · {verdict}: not better than chance" in html  # the choice's label
+    assert 'id="id_reward_model_warning"' in html
+    assert f"Reward model #{rm.pk} did not learn: {verdict} includes chance (0.5)" in html
+    assert "Train the policy anyway" in html
+
+    # Launching on it asks for the tick, next to the field; nothing is queued.
+    with django_capture_on_commit_callbacks() as sends:
+        response = csrf_post(admin_client, launch_url(project, "ppo"), ppo_data(base_checkpoint, rm))
+    assert response.status_code == 400
+    [message] = response.context["form"].errors["reward_model"]
+    assert "so PPO would follow noise" in message and "tick 'Train the policy anyway'" in message
+    assert not sends and not TrainingRun.objects.filter(kind="ppo").exists()
+
+    # Ticked, it launches, and the run records that the admin insisted.
+    with django_capture_on_commit_callbacks() as sends:
+        response = csrf_post(
+            admin_client, launch_url(project, "ppo"), ppo_data(base_checkpoint, rm, train_policy_anyway="on")
+        )
+    assert response.status_code == 302
+    run = TrainingRun.objects.get(kind="ppo")
+    assert run.config["reward_model_id"] == rm.pk and run.config["train_policy_anyway"] is True
+    assert len(sends) == 1
+
+
 def test_it_refuses_a_mini_batch_that_does_not_divide_the_batch(admin_client, project, base_checkpoint):
     rm = RewardModel.objects.create(project=project, uri="/rm")
     response = csrf_post(
@@ -168,6 +199,21 @@ def test_it_queues_the_full_loop(admin_client, project, base_checkpoint, django_
     assert run.kind == "loop" and len(sends) == 1
     assert run.config["open_next_round"] is True
     assert run.config["ppo"]["batch_size"] % run.config["ppo"]["mini_batch_size"] == 0
+    # Unticked: the loop stops before PPO when its reward model did not learn.
+    assert run.config["train_policy_anyway"] is False
+
+
+def test_the_loop_can_be_told_to_train_the_policy_anyway(admin_client, project, base_checkpoint):
+    response = admin_client.get(launch_url(project, "loop"))
+    form = response.context["form"]
+    assert form["train_policy_anyway"].label == "Train the policy anyway"
+    assert form["train_policy_anyway"].value() is False
+    assert "the loop stops before PPO" in response.content.decode()
+    data = {name: form[name].value() for name in form.fields if name != "train_policy_anyway"}
+    data |= {"base_checkpoint": base_checkpoint.pk, "train_policy_anyway": "on"}
+    response = csrf_post(admin_client, launch_url(project, "loop"), data)
+    assert response.status_code == 302, response.context["form"].errors
+    assert TrainingRun.objects.get(kind="loop").config["train_policy_anyway"] is True
 
 
 def round_data(*checkpoints, **override):

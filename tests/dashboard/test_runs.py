@@ -104,3 +104,23 @@ def test_it_lists_runs_filtered_by_project_and_status(admin_client, project, run
     html = admin_client.get(reverse("dashboard-runs"), {"project": project.pk, "status": "running"}).content
     assert f"Reward model #{running_run.pk}".encode() in html
     assert b"PPO #" not in html
+
+
+VERDICT = "held-out accuracy 0.55 [0.42, 0.68] on 40 pairs from 12 prompts: not better than chance"
+
+
+def test_it_shows_a_reward_model_that_did_not_learn_with_its_interval(
+    admin_client, project, unlearned_reward_model
+):
+    rm = unlearned_reward_model
+    html = admin_client.get(reverse("dashboard-run", args=[rm.run_id])).content.decode()
+    assert f"Reward model #{rm.pk}: {VERDICT}" in html and "did not learn" in html
+
+    # The loop that made it, and PPO launched on it by hand, say the same.
+    loop = TrainingRun.objects.create(project=project, kind="loop", status="failed")
+    TrainingRun.objects.filter(pk=rm.run_id).update(parent=loop)
+    html = admin_client.get(reverse("dashboard-run", args=[loop.pk])).content.decode()
+    assert f"Reward model #{rm.pk}: {VERDICT}" in html
+    ppo = TrainingRun.objects.create(project=project, kind="ppo", config={"reward_model_id": rm.pk})
+    html = admin_client.get(reverse("dashboard-run", args=[ppo.pk])).content.decode()
+    assert f"Against reward model #{rm.pk}" in html and VERDICT in html and "did not learn" in html

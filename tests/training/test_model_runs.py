@@ -182,3 +182,122 @@ def test_ppo_resumes_from_its_last_saved_state(
     assert "Resuming PPO" in run.log_tail
     steps = sorted(Metric.objects.filter(run=run, name="objective/kl").values_list("step", flat=True))
     assert steps == [1, 2, 3]
+
+
+# --- the loop guards the policy ---------------------------------------------------------------
+
+NOT_LEARNED_EVAL = {"accuracy": 0.55, "accuracy_lower": 0.42, "accuracy_upper": 0.68, "learned": False}
+
+
+@pytest.fixture
+def judged_no_model(project, settings, tmp_path):
+    """16 judged comparisons and a base checkpoint that is never loaded: the steps below are faked."""
+    settings.ARTIFACTS_DIR = tmp_path
+    base = Checkpoint.objects.create(
+        project=project, version=0, uri=str(tmp_path / "base"), origin="base", status="published"
+    )
+    make_judged_round(project, base, 16)
+    return base
+
+
+@pytest.fixture
+def reward_model_without_learning(monkeypatch):
+    """Reward-model training that returns at once with an evaluation whose interval includes chance;
+    snapshot, split and the RewardModel row are the real ones."""
+    from training.ml import reward
+
+    def train(train_rows, eval_rows, base_uri, out_dir, config, hooks, metadata=None):
+        prompts = len({r["prompt_id"] for r in eval_rows})
+        return {"status": "completed", "eval": {**NOT_LEARNED_EVAL, "pairs": 40, "prompts": prompts}}
+
+    monkeypatch.setattr(reward, "train_reward_model", train)
+
+
+@pytest.fixture
+def ppo_calls(monkeypatch):
+    """PPO that records its run and makes a draft checkpoint, instead of training."""
+    import training.loop
+
+    calls = []
+
+    def fake_ppo(*, run, reporter):
+        calls.append(run)
+        parent = Checkpoint.objects.get(pk=run.config["policy_checkpoint_id"])
+        checkpoint = Checkpoint.objects.create(
+            project=run.project, version=parent.version + 1, uri="/v1", parent=parent, produced_by=run
+        )
+        run.outputs = {**run.outputs, "checkpoint_id": checkpoint.pk}
+        return checkpoint
+
+    monkeypatch.setattr(training.loop, "ppo_train", fake_ppo)
+    return calls
+
+
+def test_the_loop_stops_before_ppo_when_the_reward_model_did_not_learn(
+    judged_no_model, project, reward_model_without_learning, ppo_calls
+):
+    loop = _run(project, "loop", {"base_checkpoint_id": judged_no_model.pk})
+    run_loop(loop.pk)
+
+    loop.refresh_from_db()
+    reward_model = RewardModel.objects.get()
+    assert loop.status == "failed" and not ppo_calls
+    assert list(loop.children.values_list("kind", "status")) == [("reward_model", "succeeded")]
+    assert loop.error.startswith(
+        f"Reward model #{reward_model.pk} did not learn: held-out accuracy 0.55 [0.42, 0.68] on 40 pairs "
+        f"from {reward_model.evaluation['prompts']} prompts includes chance (0.5), so PPO would follow noise."
+    )
+    assert "trained on a snapshot of 16 pairs from 16 judgments" in loop.error
+    assert "Collect more judgments" in loop.error and "K-wise rounds" in loop.error
+    assert "'Train the policy anyway'" in loop.error and "StepFailed" not in loop.error
+    assert loop.stage == "Stopped before PPO: the reward model did not learn"
+    assert loop.outputs["reward_model_id"] == reward_model.pk
+    assert not reward_model.learned  # the row stays, with its figures
+    assert reward_model.run.outputs["verdict"].endswith("not better than chance")
+
+
+def test_the_loop_trains_the_policy_anyway_when_asked(
+    judged_no_model, project, reward_model_without_learning, ppo_calls
+):
+    loop = _run(project, "loop", {"base_checkpoint_id": judged_no_model.pk, "train_policy_anyway": True})
+    run_loop(loop.pk)
+
+    loop.refresh_from_db()
+    assert loop.status == "succeeded", loop.error
+    assert len(ppo_calls) == 1 and ppo_calls[0].config["reward_model_id"] == RewardModel.objects.get().pk
+    assert loop.outputs["checkpoint_id"] == Checkpoint.objects.get(produced_by=ppo_calls[0]).pk
+    assert "Training the policy anyway" in loop.log_tail
+
+
+def test_the_verdict_of_a_model_evaluated_before_intervals_uses_wilson(project):
+    from training.ml.intervals import wilson_interval
+
+    old = RewardModel(project=project, uri="/rm", accuracy=0.6, learned=True, evaluation={"pairs": 20})
+    lower, upper = wilson_interval(12, 20)
+    assert old.accuracy_interval == (lower, upper) and lower < 0.5
+    assert old.held_out_summary == f"held-out accuracy 0.60 [{lower:.2f}, {upper:.2f}] on 20 pairs"
+    assert RewardModel(project=project, uri="/rm", accuracy=0.7).accuracy_interval is None
+    unevaluated = RewardModel(project=project, uri="/rm", learned=False)
+    assert (
+        unevaluated.verdict
+        == "no held-out accuracy (no held-out pairs to evaluate it on): not shown to learn"
+    )
+
+
+def test_the_migration_judges_old_models_by_their_wilson_interval(project):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("training.migrations.0002_reward_model_learned_help")
+    by_loss = RewardModel.objects.create(
+        project=project, uri="/a", accuracy=0.6, learned=True, evaluation={"pairs": 20}
+    )
+    clear = RewardModel.objects.create(
+        project=project, uri="/b", accuracy=0.9, learned=False, evaluation={"pairs": 200}
+    )
+    new = RewardModel.objects.create(
+        project=project, uri="/c", accuracy=0.55, learned=False, evaluation={"pairs": 40, **NOT_LEARNED_EVAL}
+    )
+    migration.learned_by_interval(apps, None)
+    assert [RewardModel.objects.get(pk=m.pk).learned for m in (by_loss, clear, new)] == [False, True, False]

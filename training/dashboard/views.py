@@ -29,6 +29,7 @@ from training.dashboard.overview import project_summaries
 from training.forms import LAUNCH_FORMS
 from training.leaderboard_data import leaderboard_for
 from training.models import Checkpoint, Metric, TrainingRun
+from training.reward_models import run_reward_model
 from training.runs import QueueUnavailable, run_cancel, runs_reap_lost
 from webapp.roles import ADMIN, role_required
 
@@ -246,9 +247,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         ),
         "children": run.children.all(),
         "checkpoints_made": run.checkpoints.all(),
-        "reward_model": getattr(run, "reward_model", None)
-        if run.kind == TrainingRun.Kind.REWARD_MODEL
-        else None,
+        "reward_model": run_reward_model(run),
     }
     return render(request, "dashboard/run.html", ctx)
 
