@@ -286,3 +286,24 @@ def test_per_ranking_weights_and_margins_train_through_the_command_line(tiny_che
     losses = [x["metrics"]["loss"] for x in lines if "metrics" in x and "loss" in x["metrics"]]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert {"step": 2, "total": 2} in lines
+
+
+def test_only_the_top_layers_and_the_head_train_when_asked(tiny_checkpoint):
+    from training.ml.checkpoints import train_top_layers_only
+    from training.ml.ppo import PPOConfig, load_models
+
+    model, _ = load_reward_model(tiny_checkpoint)  # two layers
+    everything = sum(p.numel() for p in model.parameters())
+    left = train_top_layers_only(model, 1)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert 0 < left < everything
+    assert any(".layers.1." in n for n in trainable) and "score.weight" in trainable
+    assert not any(".layers.0." in n or "embed_tokens" in n for n in trainable)
+    assert train_top_layers_only(load_reward_model(tiny_checkpoint)[0], None) == everything
+
+    _tok, policy, _ref, value, _rm, _fn = load_models(
+        tiny_checkpoint, lambda *a: [0.0], PPOConfig(trainable_layers=1, batch_size=4, mini_batch_size=4)
+    )
+    for m in (policy, value):
+        frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+        assert any(".layers.0." in n for n in frozen) and not any(".layers.1." in n for n in frozen)

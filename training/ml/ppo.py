@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.ml.checkpoints import atomic_directory, ensure_distinct_pad_token
+from training.ml.checkpoints import atomic_directory, ensure_distinct_pad_token, train_top_layers_only
 from training.ml.generation import response_text
 from training.ml.reward import RewardScorer, load_reward_model
 
@@ -160,6 +160,13 @@ class PPOConfig:
         metadata={
             "help": "Checkpoint the value model starts from (a sequence-classification model); None: the "
             "reward model when the reward is a path, else the policy with a fresh scalar head."
+        },
+    )
+    trainable_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train only the top this-many transformer layers of the policy and the value model "
+            "(plus final norm and heads); None: whole models. Ignored with use_lora."
         },
     )
     use_lora: bool = field(
@@ -677,6 +684,8 @@ def load_models(
     else:
         ref_policy = AutoModelForCausalLM.from_pretrained(policy_path)
         ref_policy.requires_grad_(False)
+        for model in (policy, value_model):
+            train_top_layers_only(model, config.trainable_layers)
     if reward_model is not None:
         reward_model.model.requires_grad_(False)
     for model in (policy, ref_policy, value_model, reward_model and reward_model.model):

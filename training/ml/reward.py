@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from training.ml.checkpoints import atomic_directory, ensure_distinct_pad_token
+from training.ml.checkpoints import atomic_directory, ensure_distinct_pad_token, train_top_layers_only
 from training.ml.intervals import clustered_share_interval
 from training.ml.pairs import split_by_prompt
 
@@ -96,6 +96,13 @@ class RewardModelConfig:
         default=True,
         metadata={
             "help": "Batch pairs of similar length together (less padding, faster; order stays random)."
+        },
+    )
+    trainable_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train only the top this-many transformer layers (plus final norm and head); "
+            "None: the whole model. 8 of SmolLM2's 30 halves a CPU step and learns from a few hundred pairs."
         },
     )
     gradient_checkpointing: bool = field(
@@ -661,6 +668,7 @@ def train_reward_model(
         cleanup.callback(shutil.rmtree, work_dir, ignore_errors=True)
         cleanup.enter_context(_quiet_progress_bars())
         model, tokenizer = load_reward_model(base_checkpoint)
+        train_top_layers_only(model, config.trainable_layers)
         callback = _hooks_callback(hooks)
         trainer = build_reward_trainer(model, tokenizer, train_rows, eval_rows, config, work_dir, [callback])
         started = time.perf_counter()
