@@ -107,15 +107,27 @@ def build_models(work: Path):
     return policy_dir, reward_dir, tokenizer
 
 
-def mean_score(policy, reward_model, tokenizer, prompts, *, seed: int, samples_per_prompt: int = 8) -> float:
-    """Mean raw reward-model score of responses sampled from ``policy`` (temperature 0.7, 16 tokens),
-    scored by the evaluator's own function (``RewardScorer``, the scoring contract)."""
+def evaluate(
+    policy, ref_policy, reward_model, tokenizer, prompts, *, seed: int, samples_per_prompt: int = 8
+) -> tuple[float, float]:
+    """(mean raw reward-model score, mean KL(policy || initial policy) per response) of responses
+    sampled from ``policy`` (temperature 0.7, 16 tokens). Scores go through the evaluator's own
+    function (``RewardScorer``, the scoring contract); KL is the sampled estimate
+    sum_t log pi(y_t) - log pi_ref(y_t) over each response's real tokens, the figure PPO's
+    penalty controls, so a gain can be read beside the distance it cost."""
     import torch
 
-    from training.ml.ppo import PPOConfig, collect_rollout, disable_dropout, tokenize_prompts
+    from training.ml.ppo import (
+        PPOConfig,
+        collect_rollout,
+        disable_dropout,
+        response_logprobs,
+        tokenize_prompts,
+    )
     from training.ml.reward import RewardScorer
 
     disable_dropout(policy)
+    disable_dropout(ref_policy)
     config = PPOConfig(response_length=16, temperature=0.7, batch_size=16, mini_batch_size=16)
     prompt_ids = tokenize_prompts(tokenizer, prompts, 128) * samples_per_prompt
     torch.manual_seed(seed)
@@ -129,7 +141,9 @@ def mean_score(policy, reward_model, tokenizer, prompts, *, seed: int, samples_p
         device=torch.device("cpu"),
         conversations=list(prompts) * samples_per_prompt,
     )
-    return rollout.raw_scores.mean().item()
+    ref_logprobs = response_logprobs(ref_policy, rollout, config.temperature, 16)
+    kl = ((rollout.logprobs - ref_logprobs) * rollout.response_mask).sum(1).mean().item()
+    return rollout.raw_scores.mean().item(), kl
 
 
 def run_tandem(policy_dir, reward_dir, prompts, args, work: Path) -> tuple[float, Path]:
@@ -219,6 +233,21 @@ def run_trl(policy_dir, reward_dir, prompts, args, work: Path):
     return 16 * args.updates / seconds, trainer.policy_model
 
 
+# Student's t, 97.5% quantile, by degrees of freedom (no scipy in the project); 10+ uses 10's.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_interval(values: list[float]) -> str:
+    """Mean over seeds with a 95% t-interval (seeds are the unit of replication)."""
+    import statistics
+
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:+.3f}"
+    half = T_975[min(len(values) - 1, 10)] * statistics.stdev(values) / len(values) ** 0.5
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
+
+
 def inside(args) -> None:
     import statistics
 
@@ -233,45 +262,54 @@ def inside(args) -> None:
         work = Path(tmp)
         policy_dir, reward_dir, tokenizer = build_models(work)
         reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
-        initial = mean_score(
-            AutoModelForCausalLM.from_pretrained(policy_dir), reward_model, tokenizer, prompts, seed=1234
+        reference = AutoModelForCausalLM.from_pretrained(policy_dir)
+        initial, _ = evaluate(
+            AutoModelForCausalLM.from_pretrained(policy_dir),
+            reference,
+            reward_model,
+            tokenizer,
+            prompts,
+            seed=1234,
         )
         for seed in args.seeds:
             args.seed = seed
             seed_dir = work / f"seed-{seed}"
             seed_dir.mkdir()
             ours_eps, ours_dir = run_tandem(policy_dir, reward_dir, prompts, args, seed_dir)
-            ours_gain = (
-                mean_score(
-                    AutoModelForCausalLM.from_pretrained(ours_dir),
-                    reward_model,
-                    tokenizer,
-                    prompts,
-                    seed=1234,
-                )
-                - initial
+            ours_score, ours_kl = evaluate(
+                AutoModelForCausalLM.from_pretrained(ours_dir),
+                reference,
+                reward_model,
+                tokenizer,
+                prompts,
+                seed=1234,
             )
             trl_eps, trl_policy = run_trl(policy_dir, reward_dir, prompts, args, seed_dir)
-            trl_gain = mean_score(trl_policy, reward_model, tokenizer, prompts, seed=1234) - initial
-            rows.append((seed, ours_eps, ours_gain, trl_eps, trl_gain))
+            trl_score, trl_kl = evaluate(trl_policy, reference, reward_model, tokenizer, prompts, seed=1234)
+            rows.append((seed, ours_eps, ours_score - initial, ours_kl, trl_eps, trl_score - initial, trl_kl))
             print(
-                f"seed {seed}: tandem {ours_eps:.2f} ep/s gain {ours_gain:+.3f} | "
-                f"trl {trl_eps:.2f} ep/s gain {trl_gain:+.3f}",
+                f"seed {seed}: tandem {ours_eps:.2f} ep/s gain {ours_score - initial:+.3f} KL {ours_kl:.3f} | "
+                f"trl {trl_eps:.2f} ep/s gain {trl_score - initial:+.3f} KL {trl_kl:.3f}",
                 flush=True,
             )
 
-    def mean(i):
-        return statistics.mean(row[i] for row in rows)
+    def column(i):
+        return [row[i] for row in rows]
 
     episodes = 16 * args.updates
     print(
         f"\nPPO, tiny Llama (vocab 49152), {episodes} episodes per run, seeds {args.seeds}, "
-        f"{args.threads} thread(s); initial mean score {initial:+.3f}"
+        f"{args.threads} thread(s); initial mean score {initial:+.3f}; means over seeds with 95% t-intervals"
     )
-    print(f"{'':>10} {'episodes/s':>12} {'score gain':>12}   (means over seeds)")
-    print(f"{'tandem':>10} {mean(1):12.2f} {mean(2):+12.3f}")
-    print(f"{'trl 1.12':>10} {mean(3):12.2f} {mean(4):+12.3f}")
-    print(f"speed ratio tandem / trl: {mean(1) / mean(3):.2f}x")
+    print("| trainer | episodes/s | score gain | KL to the initial policy (nats/response) | gain per nat |")
+    print("|---|---|---|---|---|")
+    for name, eps, gain, kl in (("tandem", 1, 2, 3), ("trl 1.12", 4, 5, 6)):
+        per_nat = statistics.mean(g / max(k, 1e-6) for g, k in zip(column(gain), column(kl), strict=True))
+        print(
+            f"| {name} | {statistics.mean(column(eps)):.2f} | {mean_interval(column(gain))} | "
+            f"{mean_interval(column(kl))} | {per_nat:+.2f} |"
+        )
+    print(f"speed ratio tandem / trl: {statistics.mean(column(1)) / statistics.mean(column(4)):.2f}x")
 
 
 def main() -> None:
@@ -280,7 +318,7 @@ def main() -> None:
     )
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
