@@ -184,6 +184,8 @@ EXPECTED: dict[str, list[Ask]] = {
     "api-judgment-detail": [Ask("GET", API_READ), Ask("DELETE", API_NOT_OFFERED)],
     "api-checkpoint-list": [Ask("GET", API_READ), Ask("POST", API_NOT_OFFERED, lambda w: {})],
     "api-checkpoint-detail": [Ask("GET", API_READ), Ask("DELETE", API_NOT_OFFERED)],
+    "api-reward-model-list": [Ask("GET", API_READ), Ask("POST", API_NOT_OFFERED, lambda w: {})],
+    "api-reward-model-detail": [Ask("GET", API_READ), Ask("DELETE", API_NOT_OFFERED)],
     "api-run-list": [
         Ask("GET", API_READ),
         api_write("POST", 201, lambda w: {"project": w.project.pk, "kind": "reward_model", "config": {}}),
@@ -277,7 +279,7 @@ def _build_world(tmp_path) -> SimpleNamespace:
     from tests.conftest import _make_user
     from tests.factories import make_checkpoint, make_project, make_round
     from training.exports import export_run
-    from training.models import Checkpoint, Export, TrainingRun
+    from training.models import Checkpoint, Export, RewardModel, TrainingRun
 
     w = SimpleNamespace(tmp_path=tmp_path)
     w.alice, w.bob = _make_user("alice", "annotator"), _make_user("bob", "annotator")
@@ -339,6 +341,9 @@ def _build_world(tmp_path) -> SimpleNamespace:
     w.draft = Checkpoint.objects.create(
         project=w.project, version=2, uri="/models/v2", parent=base, produced_by=w.run
     )
+    w.reward_model = RewardModel.objects.create(
+        project=w.project, run=w.run, base_checkpoint=base, uri="/models/rm", accuracy=0.8
+    )
     w.export = export_run(Export.objects.create(project=w.project, format=Export.Format.JUDGMENTS))
     assert w.export.status == Export.Status.SUCCEEDED, w.export.error
 
@@ -356,6 +361,7 @@ def _build_world(tmp_path) -> SimpleNamespace:
         "api-comparison": w.c1,
         "api-judgment": w.bob_judgment,
         "api-checkpoint": base,
+        "api-reward-model": w.reward_model,
         "api-run": w.run,
         "api-export": w.export,
     }
