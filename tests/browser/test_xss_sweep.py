@@ -103,6 +103,7 @@ class World:
     prompt: Prompt
     comparison: Comparison
     checkpoint: Checkpoint
+    reward_model: RewardModel
 
 
 def _user(username: str, role: str | None, *, first: str = "", last: str = ""):
@@ -345,6 +346,7 @@ def seed() -> World:
         prompt=current_prompt,
         comparison=current,
         checkpoint=base,
+        reward_model=reward_model,
     )
 
 
@@ -484,6 +486,7 @@ def api_pages(w: World) -> list[Page]:
         "comparison": w.comparison.pk,
         "judgment": w.judgment.pk,
         "checkpoint": w.checkpoint.pk,
+        "reward-model": w.reward_model.pk,
         "run": w.failed_run.pk,
         "export": w.export.pk,
     }
