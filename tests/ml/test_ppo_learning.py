@@ -30,13 +30,7 @@ def target_share_reward(prompt_texts, response_ids, response_texts):
     return torch.tensor([sum(token in TARGET_TOKENS for token in ids) / len(ids) for ids in response_ids])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # A 64-wide model gains nothing from intra-op threads, and loses a lot when the cores are busy.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
