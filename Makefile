@@ -26,7 +26,7 @@ run: setup
 	$(BIN)/python manage.py up
 
 test: setup browser
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest $(PYTEST_ARGS)
+	DEBUG=true DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest $(PYTEST_ARGS)
 
 # Browser tests drive Debian's chromium; never a downloaded browser build.
 browser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils.safestring import SafeString, mark_safe
@@ -15,6 +16,29 @@ def conversation_preview(conversation: list) -> str:
     turns = [turn.get("content", "") for turn in conversation if turn.get("role") == "user"]
     text = turns[-1] if turns else ""
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+MAX_CRITERIA, MAX_CRITERION_LENGTH = 12, 60
+
+
+def validate_criteria(value) -> None:
+    """Criteria are a list of unique, non-empty names: every judgment form and export reads them so."""
+    if not isinstance(value, list):
+        raise ValidationError("Criteria are a list of names, e.g. [\"helpfulness\", \"harmlessness\"].")
+    if len(value) > MAX_CRITERIA:
+        raise ValidationError(f"At most {MAX_CRITERIA} criteria.")
+    seen = set()
+    for position, name in enumerate(value, start=1):
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"Criterion {position} is not a name (a non-empty text).")
+        if name != name.strip() or len(name) > MAX_CRITERION_LENGTH:
+            raise ValidationError(
+                f"Criterion {position} must be at most {MAX_CRITERION_LENGTH} characters, "
+                "without leading or trailing spaces."
+            )
+        if name.casefold() in seen:
+            raise ValidationError(f"Criterion {name!r} is listed twice.")
+        seen.add(name.casefold())
 
 
 class Project(models.Model):
@@ -41,6 +65,7 @@ class Project(models.Model):
     criteria = models.JSONField(
         default=list,
         blank=True,
+        validators=[validate_criteria],
         help_text='Optional per-criterion ratings, e.g. ["helpfulness", "harmlessness"].',
     )
     lease_minutes = models.PositiveSmallIntegerField(default=10)

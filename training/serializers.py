@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from rest_framework import serializers
 
-from annotation.models import Comparison, Judgment, Project, Prompt, Round
+from annotation.models import Comparison, Judgment, Project, Prompt, Round, validate_criteria
 from training.exports import normalise_filters
 from training.models import Checkpoint, Export, RewardModel, TrainingRun
 from training.snapshots import annotator_pseudonym
@@ -36,6 +37,13 @@ class ProjectSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = ["id", "created_at"]
+
+    def validate_criteria(self, value):
+        try:
+            validate_criteria(value)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.messages) from error
+        return value
 
     def validate(self, attrs):
         mode = attrs.get("comparison_mode", getattr(self.instance, "comparison_mode", Project.Mode.PAIRWISE))

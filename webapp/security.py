@@ -12,13 +12,17 @@ annotation page's script are static files, the Django admin ships no inline scri
 and /api/docs/ serves Swagger UI from ``drf_spectacular_sidecar`` with its start-up
 script as a separate file (``SpectacularSwaggerSplitView``). ``tests/browser/
 test_xss_sweep.py`` visits every page in Chromium and fails on any policy violation.
+
+Also here: the error reporter's filter, so a crash report never carries a secret.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
+from django.views.debug import SafeExceptionReporterFilter
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -45,3 +49,13 @@ class ContentSecurityPolicyMiddleware:
         response = self.get_response(request)
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response
+
+
+class SecretMaskingFilter(SafeExceptionReporterFilter):
+    """Django's filter masks settings named like KEY, TOKEN, PASS; this one also masks every URL,
+    DSN and broker setting, whose values carry passwords (``postgres://user:secret@host/db``)."""
+
+    hidden_settings = re.compile(
+        "API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|URL|DSN|BROKER|BACKEND_RESULT|DATABASES|CACHES",
+        flags=re.IGNORECASE,
+    )

@@ -15,10 +15,12 @@ from webapp.env import database_from_url, env_bool, env_int, env_list, env_str
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("TANDEM_VAR_DIR", str(BASE_DIR / "var")))
 
-DEBUG = env_bool("DEBUG", True)
-
 SECRET_KEY = env_str("SECRET_KEY")
 DATABASE_URL = env_str("DATABASE_URL")
+# DEBUG is the embedded mode's convenience only: once DATABASE_URL names a database server, a
+# crash page must not show settings or URL patterns to whoever hit it, so DEBUG is off unless
+# asked for (the test command asks, on its own machine).
+DEBUG = env_bool("DEBUG", not DATABASE_URL or DATABASE_URL.startswith("sqlite:"))
 if not DEBUG:
     missing = [
         name for name, value in (("SECRET_KEY", SECRET_KEY), ("DATABASE_URL", DATABASE_URL)) if not value
@@ -31,6 +33,10 @@ if not DEBUG:
 if not SECRET_KEY:
     # Embedded mode only: a fixed, clearly-marked key that production can never use.
     SECRET_KEY = "embedded-insecure-key-for-one-machine-only-never-deploy-this-value-0123456789"
+
+# Error reports (and DEBUG pages, where DEBUG is on) mask every setting that can hold a secret,
+# including URLs that carry passwords (DATABASE_URL, CELERY_BROKER_URL, CACHE_URL).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "webapp.security.SecretMaskingFilter"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
