@@ -24,7 +24,7 @@ MAX_CRITERIA, MAX_CRITERION_LENGTH = 12, 60
 def validate_criteria(value) -> None:
     """Criteria are a list of unique, non-empty names: every judgment form and export reads them so."""
     if not isinstance(value, list):
-        raise ValidationError("Criteria are a list of names, e.g. [\"helpfulness\", \"harmlessness\"].")
+        raise ValidationError('Criteria are a list of names, e.g. ["helpfulness", "harmlessness"].')
     if len(value) > MAX_CRITERIA:
         raise ValidationError(f"At most {MAX_CRITERIA} criteria.")
     seen = set()
