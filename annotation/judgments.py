@@ -72,8 +72,10 @@ def judgment_submit(
 ) -> Submitted:
     """Record ``answer`` once per ``client_id``; raise ``SubmitRefused`` when it cannot be taken.
 
-    Accepted when the annotator's lease is live, or, if it expired, when the comparison
-    still has room (judgments plus other annotators' live leases below the overlap).
+    Only a comparison handed out to the annotator can be judged, in the order it was shown
+    (the lease's order is the one recorded). Accepted when the annotator's lease is live, or,
+    if it expired, when the comparison still has room (judgments plus other annotators' live
+    leases below the overlap).
     """
     _check_answer(answer, order_shown)
     now = now or timezone.now()
@@ -93,17 +95,18 @@ def judgment_submit(
                       WHERE l.comparison_id = c.id AND l.expires_at > %s AND l.annotator_id <> %s),
                     (SELECT COUNT(*) FROM {lease_table} l
                       WHERE l.comparison_id = c.id AND l.expires_at > %s AND l.annotator_id = %s),
-                    (SELECT id FROM {judgment_table} j WHERE j.client_id = %s)
+                    (SELECT id FROM {judgment_table} j WHERE j.client_id = %s),
+                    (SELECT l."order" FROM {lease_table} l WHERE l.comparison_id = c.id AND l.annotator_id = %s)
                 FROM {rows.table(Comparison)} c
                 JOIN {rows.table(Round)} r ON r.id = c.round_id
                 JOIN {rows.table(Project)} p ON p.id = r.project_id
                 WHERE c.id = %s""",
             [annotator.pk, annotator.pk, now_db, annotator.pk, now_db, annotator.pk]
-            + [rows.db_value(Judgment, "client_id", client_id), comparison.pk],
+            + [rows.db_value(Judgment, "client_id", client_id), annotator.pk, comparison.pk],
         )
         if not state:
             raise SubmitRefused("This comparison is no longer part of an open round.", code="closed")
-        judgment_count, status, overlap, judged, skipped, others_live, mine_live, replay_id = state[0]
+        judgment_count, status, overlap, judged, skipped, others_live, mine_live, replay_id, lease_order = state[0]
         if replay_id is not None:
             # A retry or double click of a submit that was already recorded.
             return _replayed(Judgment.objects.get(pk=replay_id), annotator)
@@ -117,6 +120,19 @@ def judgment_submit(
         if skipped:
             raise SubmitRefused(
                 "You skipped this comparison, so it is no longer yours to judge.", code="skipped"
+            )
+        if lease_order is None:
+            # Never handed to this annotator (a gold item, another person's item): judging it would
+            # bypass the gold rate, the open-item cap and the randomised order.
+            raise SubmitRefused(
+                "This comparison was not handed out to you, so the judgment was not saved. "
+                "Open your next item to go on.",
+                code="not_handed_out",
+            )
+        if rows.converted(Lease, [lease_order], ("order",))[0] != list(order_shown):
+            raise SubmitRefused(
+                "This page no longer shows the item as it was handed to you; reload it to judge it again.",
+                code="order",
             )
         if not mine_live and judgment_count + others_live >= overlap:
             raise SubmitRefused(

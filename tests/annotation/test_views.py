@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from annotation.models import Judgment, Lease, Report, Response, Skip
+from annotation.models import Comparison, Judgment, Lease, Report, Response, Skip
 from tests.conftest import PASSWORD
 from tests.factories import make_project, make_round
 
@@ -362,3 +362,31 @@ def test_it_shows_a_round_being_generated_and_polls_until_it_opens(client, annot
     html = client.get(reverse("annotate")).content.decode()
     assert "Being prepared" not in html and 'hx-trigger="every 3s"' not in html
     assert reverse("annotate-round", args=[generating.pk]) in html
+
+
+def test_an_item_that_was_not_handed_out_cannot_be_judged(annotator, project):
+    """A gold item (or anyone else's) posted by hand would bypass the gold rate, the open-item cap
+    and the randomised order: the submit is refused and nothing is recorded."""
+    round = make_round(project, 2, gold=1)
+    gold = Comparison.objects.get(round=round, is_gold=True)
+    order = list(gold.items.order_by("position").values_list("response_id", flat=True))
+    client = _client(annotator)
+    data = {"client_id": str(uuid.uuid4()), "order": ",".join(map(str, order)), "choice": "a_much"}
+    response = _post(client, reverse("annotate-judge", args=[gold.pk]), data, htmx=True)
+    assert "was not handed out to you" in response.content.decode()
+    assert not Judgment.objects.exists()
+    assert Comparison.objects.get(pk=gold.pk).judgment_count == 0
+
+
+def test_the_order_recorded_is_the_order_that_was_shown(annotator, project):
+    round = make_round(project, 1)
+    client = _client(annotator)
+    client.get(reverse("annotate-round", args=[round.pk]))
+    lease = Lease.objects.get()
+    swapped = list(reversed(lease.order))
+    data = _answer(lease, order=",".join(map(str, swapped)))
+    response = _post(client, reverse("annotate-judge", args=[lease.comparison_id]), data, htmx=True)
+    assert "reload it" in response.content.decode()
+    assert not Judgment.objects.exists()
+    response = _post(client, reverse("annotate-judge", args=[lease.comparison_id]), _answer(lease), htmx=True)
+    assert Judgment.objects.get().order_shown == lease.order

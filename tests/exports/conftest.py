@@ -6,13 +6,15 @@ import io
 import json
 import uuid
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from annotation.importers import import_preferences
 from annotation.judgments import Answer, judgment_submit
-from annotation.models import Comparison
+from annotation.models import Comparison, Lease
 from tests.factories import make_round
 
 HH_RLHF = (
@@ -23,6 +25,14 @@ IMPORTED_ROWS = [
     {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "Lyon, I think."},
     {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No.", "margin": 2.0},
 ]
+
+
+def hand_out(user, comparison: Comparison, order: list[int]) -> Lease:
+    """Lease ``comparison`` to ``user`` in ``order`` (response ids) as the annotator page would have:
+    only what was handed out can be judged."""
+    return Lease.objects.create(
+        comparison=comparison, annotator=user, order=order, expires_at=timezone.now() + timedelta(minutes=10)
+    )
 
 
 def submit(user, comparison: Comparison, order: list[int], *, strength=None, tie=False, both_bad=False):
@@ -37,6 +47,7 @@ def submit(user, comparison: Comparison, order: list[int], *, strength=None, tie
         rationale="clearer and kinder",
         criteria={"helpfulness": 3},
     )
+    hand_out(user, comparison, ids)
     return judgment_submit(
         annotator=user,
         comparison=comparison,

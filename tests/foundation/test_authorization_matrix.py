@@ -40,6 +40,8 @@ from django.urls import Resolver404, URLPattern, URLResolver, get_resolver, reso
 from django.urls.resolvers import RoutePattern
 from django.utils import timezone
 
+from tests.exports.conftest import hand_out
+
 # The sweep builds its own world once for the module; the mark makes pytest-django set up the database.
 pytestmark = pytest.mark.django_db
 
@@ -312,6 +314,7 @@ def _build_world(tmp_path) -> SimpleNamespace:
 
     def judge(user, comparison, rationale):
         ids = w.order[comparison.pk]
+        hand_out(user, comparison, ids)
         return judgment_submit(
             annotator=user,
             comparison=comparison,
