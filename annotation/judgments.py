@@ -106,7 +106,9 @@ def judgment_submit(
         )
         if not state:
             raise SubmitRefused("This comparison is no longer part of an open round.", code="closed")
-        judgment_count, status, overlap, judged, skipped, others_live, mine_live, replay_id, lease_order = state[0]
+        judgment_count, status, overlap, judged, skipped, others_live, mine_live, replay_id, lease_order = (
+            state[0]
+        )
         if replay_id is not None:
             # A retry or double click of a submit that was already recorded.
             return _replayed(Judgment.objects.get(pk=replay_id), annotator)
