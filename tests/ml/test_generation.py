@@ -250,3 +250,26 @@ def test_it_writes_english_with_smollm2(smollm2_checkpoint):
         if result["finish_reason"] == "length":
             assert result["token_count"] == params.max_new_tokens
     assert any(r["finish_reason"] == "eos" for r in results)  # a one-sentence answer ends by itself
+
+
+@pytest.mark.parametrize("temperature, spread", [(1.0, 3.0), (0.7, 8.0), (1.3, 0.5)])
+def test_the_sampler_draws_the_same_tokens_with_or_without_the_full_sort(temperature, spread):
+    """The nucleus taken from the top candidates is the nucleus of the full sort: every draw is
+    the same token, for peaked logits and for flat ones (where the full sort is still used)."""
+    from training.ml.generation import PerRequestSampler
+
+    seeds = list(range(16))
+    fast = PerRequestSampler(seeds, temperature, 0.95)
+    full = PerRequestSampler(seeds, temperature, 0.95)
+    full.CANDIDATES = 10**9  # always the full sort
+    logits = torch.Generator().manual_seed(7)
+    ids = torch.zeros(16, 3, dtype=torch.long)
+    used_full_sort = 0
+    for _ in range(40):
+        scores = torch.randn(16, 49152, generator=logits) * spread
+        scores[:8] += torch.randn(8, 49152, generator=logits) * spread * 3  # half the rows peaked
+        probs = torch.softmax(scores / temperature, dim=-1)
+        used_full_sort += int((probs.topk(fast.CANDIDATES).values.sum(-1) < 0.95).sum())
+        assert torch.equal(fast(ids, scores).argmax(-1), full(ids, scores).argmax(-1))
+    if spread < 1:
+        assert used_full_sort > 0  # flat rows went through the fallback, and agreed

@@ -197,6 +197,16 @@ def request_seed(round_seed: int, seed: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: for each row of ``probs`` (batch, n), zeros allowed, the position where
+    ``u`` (batch,) in [0, 1) of the row's total falls."""
+    cdf = probs.cumsum(dim=-1)
+    chosen = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    # Rounding can put u * total at the very top of the CDF: fall back to the last live position.
+    last_live = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
+    return torch.minimum(chosen, last_live)
+
+
 class PerRequestSampler:
     """Logits processor that samples each row from its own ``torch.Generator``.
 
@@ -207,6 +217,12 @@ class PerRequestSampler:
     the greedy step of ``generate`` picks exactly that token.
     """
 
+    # Top-p looks at the most likely tokens first: when they already reach top_p (for ~9 in 10 of
+    # SmolLM2's steps at temperature 1), the nucleus lies among them and the 49k-token sort is
+    # skipped; the sort was ~70 of the ~100 ms the sampler took per step for a batch of 16 on one
+    # CPU thread (6% of round generation). Same nucleus, same draw either way.
+    CANDIDATES = 4096
+
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
         self.generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         self.temperature = temperature
@@ -215,17 +231,27 @@ class PerRequestSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` (batch, vocab) float32 logits -> (batch, vocab) one-hot in log space."""
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            # Drop a token when the tokens ranked above it already reach top_p; the first always stays.
-            drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= self.top_p
-            probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
-        cdf = probs.cumsum(dim=-1)
-        u = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(cdf.device)
-        chosen = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-        # Rounding can put u * total at the very top of the CDF: fall back to the last live token.
-        last_live = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
-        chosen = torch.minimum(chosen, last_live)
+        u = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(probs.device)  # (batch,)
+        chosen = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+        full = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
+        if self.top_p < 1.0 and probs.shape[-1] > self.CANDIDATES:
+            top_probs, top_ids = probs.topk(self.CANDIDATES, dim=-1)  # (batch, k), most likely first
+            full = top_probs.sum(dim=-1) < self.top_p  # rows whose nucleus reaches past the candidates
+            fits = ~full
+            if fits.any():
+                kept = top_probs[fits] * ((top_probs[fits].cumsum(dim=-1) - top_probs[fits]) < self.top_p)
+                ids, by_id = top_ids[fits].sort(dim=-1)  # vocabulary order, as the full CDF runs
+                chosen[fits] = ids.gather(-1, _draw(kept.gather(-1, by_id), u[fits]).unsqueeze(-1)).squeeze(
+                    -1
+                )
+        if full.any():
+            rows = probs[full]
+            if self.top_p < 1.0:
+                sorted_probs, order = rows.sort(dim=-1, descending=True)
+                # Drop a token when the tokens ranked above it already reach top_p; the first always stays.
+                drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= self.top_p
+                rows = rows.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
+            chosen[full] = _draw(rows, u[full])
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, chosen.unsqueeze(-1), 0.0)
 
