@@ -15,6 +15,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def pytest_runtest_setup(item):
+    """``@needs(available, reason)`` (tests/services.py): skip, or under CI fail, without the service."""
+    from tests.services import service_missing
+
+    for mark in item.iter_markers("service"):
+        available, reason = mark.args
+        if not available:
+            service_missing(reason)
+
+
 def _cached_dir(name: str, build) -> Path:
     path = TEST_CACHE / name
     if not path.exists():

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from tests.services import service_missing
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,11 +38,11 @@ def redis_broker_url() -> str:
 
     url = os.environ.get("CELERY_BROKER_URL", "")
     if not url.startswith(("redis://", "rediss://")):
-        pytest.skip("a real worker needs a Redis broker: set CELERY_BROKER_URL=redis://...")
+        service_missing("a real worker needs a Redis broker: set CELERY_BROKER_URL=redis://...")
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
     except redis.exceptions.ConnectionError:
-        pytest.skip(f"Redis is not reachable at {url}")
+        service_missing(f"Redis is not reachable at {url}")
     return url
 
 

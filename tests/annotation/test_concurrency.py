@@ -14,6 +14,7 @@ from annotation.judgments import Answer, judgment_submit
 from annotation.leases import comparison_next_for, progress_for
 from annotation.models import Comparison, Judgment, Lease
 from tests.factories import make_annotators, make_project, make_round
+from tests.services import service_missing
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -25,7 +26,7 @@ OVERLAP = 3
 @pytest.fixture
 def postgres_only():
     if connection.vendor != "postgresql":
-        pytest.skip("needs Postgres (SELECT ... FOR UPDATE SKIP LOCKED); CI sets DATABASE_URL")
+        service_missing("needs Postgres (SELECT ... FOR UPDATE SKIP LOCKED); CI sets DATABASE_URL")
 
 
 def test_it_fills_every_comparison_to_its_overlap_under_concurrency(postgres_only):

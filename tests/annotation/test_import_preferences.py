@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from annotation import importers
 from annotation.importers import import_preferences
 from annotation.models import Comparison, ComparisonItem, Judgment, Prompt, Response
+from tests.services import needs
 
 SHARED = Path(os.environ.get("TANDEM_SHARED_DIR") or Path(__file__).resolve().parents[2].parent / "shared")
 HH_FILE = SHARED / "datasets" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -286,7 +287,7 @@ def test_an_unexpected_failure_half_way_leaves_nothing_behind(project, tmp_path,
 
 # --- the real HH-RLHF file -----------------------------------------------------------------------
 
-needs_hh = pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} is not here (set TANDEM_SHARED_DIR)")
+needs_hh = needs(HH_FILE.exists(), f"{HH_FILE} is not here (set TANDEM_SHARED_DIR)")
 
 
 @needs_hh

@@ -10,13 +10,14 @@ import pytest
 
 from annotation.importers import import_preferences
 from tests.exports.conftest import HH_RLHF, unzip
+from tests.services import needs
 from training.exports import export_run
 from training.models import Export
 from training.snapshots import snapshot_build
 
 pytestmark = [
     pytest.mark.django_db,
-    pytest.mark.skipif(not HH_RLHF.exists(), reason=f"{HH_RLHF} is not there"),
+    needs(HH_RLHF.exists(), f"{HH_RLHF} is not there"),
 ]
 
 

@@ -30,6 +30,7 @@ from tests.conftest import PASSWORD
 from tests.dashboard.conftest import csrf_post
 from tests.dashboard.test_launch import launch_url, reward_model_data, round_data
 from tests.factories import make_round
+from tests.services import needs
 from tests.training.conftest import make_checkpoint, make_prompts
 from tests.training.test_generation_task import FAST, ROOT, _subprocess_env, needs_postgres
 from training.models import Checkpoint, Metric, PreferenceSnapshot, TrainingRun
@@ -39,7 +40,7 @@ from training.tasks import generate_round
 REDIS_SERVER = "/usr/bin/redis-server"
 QUEUE_DOWN = "The queue cannot be reached"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(REDIS_SERVER), reason=f"needs {REDIS_SERVER}")
+pytestmark = needs(os.path.exists(REDIS_SERVER), f"needs {REDIS_SERVER}")
 
 
 def _free_port(low: int, high: int) -> int:

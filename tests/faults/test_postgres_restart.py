@@ -30,6 +30,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.services import service_missing
+
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGE = "The database is not reachable right now"  # webapp/middleware.py
 ACKS = ("Saved.", "Already saved.")  # the notices of an accepted submit (annotation/views.py)
@@ -143,7 +145,7 @@ def site():
     """Private Postgres, migrated and seeded, with gunicorn (2 workers) serving Tandem from it."""
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) are not installed")
+        service_missing("PostgreSQL server programs (initdb, pg_ctl) are not installed")
     postgres = PrivatePostgres(bin_dir)
     server = None
     try:

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from annotation.models import Judgment, Response, Round
 from tests.conftest import PASSWORD
+from tests.services import service_missing
 from tests.training.conftest import make_checkpoint, make_judged_round, make_prompts
 from tests.workers import Worker, flush_broker, redis_broker_url, wait_for
 from training.launch import ppo_launch, reward_model_launch, run_retry_launch
@@ -44,7 +45,7 @@ def workers(transactional_db, settings, tmp_path):
     """Start workers with ``workers.start()``; they share the test database, the broker and ARTIFACTS_DIR."""
     broker = redis_broker_url()
     if connection.vendor != "postgresql":
-        pytest.skip("a worker process needs a database it can share: set DATABASE_URL to PostgreSQL")
+        service_missing("a worker process needs a database it can share: set DATABASE_URL to PostgreSQL")
     flush_broker(broker)
     settings.ARTIFACTS_DIR = tmp_path / "artifacts"
     settings.RUN_STALE_AFTER_SECONDS = STALE

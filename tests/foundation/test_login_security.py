@@ -16,6 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.conftest import PASSWORD
+from tests.services import service_missing
 
 pytestmark = pytest.mark.django_db
 
@@ -254,7 +255,7 @@ def test_production_cookies_and_headers_are_locked_down(annotator, tmp_path):
 def _redis_for_tests() -> str:
     url = os.environ.get("CELERY_BROKER_URL", "")
     if not url.startswith("redis://"):
-        pytest.skip("no Redis named in CELERY_BROKER_URL")
+        service_missing("no Redis named in CELERY_BROKER_URL")
     return url
 
 

@@ -235,7 +235,6 @@ def test_the_module_entry_point_runs_from_a_json_file(peaked_checkpoint, tiny_ch
 
 @pytest.mark.slow
 def test_lora_trains_adapters_and_saves_a_merged_policy(peaked_checkpoint, tmp_path):
-    pytest.importorskip("peft")
     result = train_ppo(
         policy_path=peaked_checkpoint,
         reward=target_share_reward,

@@ -15,6 +15,7 @@ import pytest
 from django.utils import timezone
 
 from annotation.models import Response, Round
+from tests.services import needs, service_missing
 from tests.training.conftest import make_checkpoint, make_prompts
 from tests.workers import Worker, database_url
 from training.ml import generation
@@ -209,10 +210,9 @@ def _manage(*args, **env):
     )
 
 
-needs_postgres = pytest.mark.skipif(
-    "postgresql" not in os.environ.get("DATABASE_URL", "")
-    and "postgres://" not in os.environ.get("DATABASE_URL", ""),
-    reason="a worker process needs a database it can share: set DATABASE_URL to PostgreSQL",
+needs_postgres = needs(
+    "postgresql" in os.environ.get("DATABASE_URL", "") or "postgres://" in os.environ.get("DATABASE_URL", ""),
+    "a worker process needs a database it can share: set DATABASE_URL to PostgreSQL",
 )
 
 
@@ -223,7 +223,7 @@ def _redis():
     try:
         client.ping()
     except redis.exceptions.ConnectionError:
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+        service_missing(f"Redis is not reachable at {REDIS_URL}")
     return client
 
 
