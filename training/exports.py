@@ -269,6 +269,37 @@ def export_filename(export: Export) -> str:
     return f"{slugify(export.project.name) or 'project'}-{export.format.replace('_', '-')}-{export.pk}.zip"
 
 
+def annotator_ids(project: Project, names: Iterable[str], *, usernames_allowed: bool) -> list[int]:
+    """User ids for an annotator filter, from the pseudonyms the project's data show.
+
+    Researchers filter by pseudonym only, so a filter never links a pseudonym to a person (nor
+    says which accounts exist); admins, who can see both, may also give usernames. Raises
+    ValueError naming what matched no annotator of the project.
+    """
+    from annotation.models import Judgment
+
+    wanted = sorted({name.strip() for name in names if name.strip()})
+    if not wanted:
+        return []
+    judged = (
+        Judgment.objects.filter(comparison__round__project=project, annotator__isnull=False)
+        .values_list("annotator_id", flat=True)
+        .distinct()
+    )
+    by_pseudonym = {annotator_pseudonym(project.pk, uid): uid for uid in judged}
+    found = {name: by_pseudonym[name] for name in wanted if name in by_pseudonym}
+    if usernames_allowed and (rest := [name for name in wanted if name not in found]):
+        from django.contrib.auth import get_user_model
+
+        found |= dict(get_user_model().objects.filter(username__in=rest).values_list("username", "pk"))
+    if missing := [name for name in wanted if name not in found]:
+        what = (
+            "annotator id or username" if usernames_allowed else "annotator id (as the exported data show it)"
+        )
+        raise ValueError(f"No {what} {', '.join(missing)} in {project.name}.")
+    return sorted(set(found.values()))
+
+
 def normalise_filters(data: dict | None) -> dict[str, Any]:
     """Export filters as stored: the judgment filters' JSON (raises ValueError on bad values)."""
     return JudgmentFilters.from_json(data).to_json()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib.auth import get_user_model
 
 from annotation.models import Project
+from training.exports import annotator_ids
 from training.models import Export
+from webapp.roles import ADMIN, has_role
 
 
 def _numbers(text: str, what: str) -> list[int]:
@@ -23,7 +24,10 @@ class ExportForm(forms.Form):
     checkpoints = forms.CharField(
         required=False, help_text="Checkpoint versions shown in the comparison, e.g. 3, 4. Empty: any."
     )
-    annotators = forms.CharField(required=False, help_text="Usernames, comma-separated. Empty: everyone.")
+    annotators = forms.CharField(
+        required=False,
+        help_text="Annotator ids as the exported data show them (a-...), comma-separated. Empty: everyone.",
+    )
     date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     min_agreement = forms.FloatField(
@@ -44,15 +48,25 @@ class ExportForm(forms.Form):
     def clean_checkpoints(self):
         return _numbers(self.cleaned_data["checkpoints"], "checkpoint versions")
 
-    def clean_annotators(self):
-        names = sorted({n.strip() for n in self.cleaned_data["annotators"].split(",") if n.strip()})
-        users = dict(get_user_model().objects.filter(username__in=names).values_list("username", "pk"))
-        if missing := [n for n in names if n not in users]:
-            raise forms.ValidationError(f"No user named {', '.join(missing)}.")
-        return [users[n] for n in names]
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.usernames_allowed = user is not None and has_role(user, ADMIN)
+        if self.usernames_allowed:
+            self.fields[
+                "annotators"
+            ].help_text = "Annotator ids (a-...) or usernames, comma-separated. Empty: everyone."
 
     def clean(self):
         data = super().clean()
+        if data.get("project") is not None:
+            try:
+                data["annotators"] = annotator_ids(
+                    data["project"],
+                    data.get("annotators", "").split(","),
+                    usernames_allowed=self.usernames_allowed,
+                )
+            except ValueError as error:
+                self.add_error("annotators", str(error))
         if data.get("date_from") and data.get("date_to") and data["date_from"] > data["date_to"]:
             self.add_error("date_to", "The last day comes before the first.")
         return data

@@ -7,9 +7,10 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from annotation.models import Comparison, Judgment, Project, Prompt, Round, validate_criteria
-from training.exports import normalise_filters
+from training.exports import annotator_ids, normalise_filters
 from training.models import Checkpoint, Export, RewardModel, TrainingRun
 from training.snapshots import annotator_pseudonym
+from webapp.roles import ADMIN, has_role
 
 ROLES = ("system", "user", "assistant")
 LAUNCHABLE = ("reward_model", "ppo", "loop")  # training.launch.LAUNCHERS
@@ -257,7 +258,9 @@ class ExportFiltersSerializer(serializers.Serializer):
     rounds = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False)
     checkpoints = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False)
     annotators = serializers.ListField(
-        child=serializers.IntegerField(min_value=0), required=False, help_text="User ids."
+        child=serializers.CharField(max_length=150),
+        required=False,
+        help_text="Annotator ids as the exported data show them (a-...); admins may also give usernames.",
     )
     date_from = serializers.DateField(required=False, allow_null=True)
     date_to = serializers.DateField(required=False, allow_null=True)
@@ -305,8 +308,19 @@ class ExportSerializer(serializers.ModelSerializer):
             return None
         return reverse("api-export-download", args=[obj.pk])
 
-    def validate_filters(self, value):
+    def validate(self, attrs):
+        filters = dict(attrs.get("filters") or {})
+        request = self.context.get("request")
         try:
-            return normalise_filters(value)
+            filters["annotators"] = annotator_ids(
+                attrs["project"],
+                filters.get("annotators", []),
+                usernames_allowed=request is not None and has_role(request.user, ADMIN),
+            )
+        except ValueError as exc:
+            raise serializers.ValidationError({"filters": {"annotators": [str(exc)]}}) from exc
+        try:
+            attrs["filters"] = normalise_filters(filters)
         except (TypeError, ValueError) as exc:
-            raise serializers.ValidationError(str(exc)) from exc
+            raise serializers.ValidationError({"filters": [str(exc)]}) from exc
+        return attrs

@@ -30,7 +30,7 @@ def _exports_page(request: HttpRequest):
 @researchers
 @require_http_methods(["GET", "POST"])
 def exports_index(request: HttpRequest) -> HttpResponse:
-    form = ExportForm(request.POST or None)
+    form = ExportForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
             export = export_create(

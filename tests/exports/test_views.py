@@ -7,6 +7,7 @@ from django.test import Client
 
 from training.exports import export_run
 from training.models import Export
+from training.snapshots import annotator_pseudonym
 
 pytestmark = pytest.mark.django_db
 
@@ -42,7 +43,7 @@ def test_it_queues_an_export_from_the_form(csrf_client, judged, researcher, othe
             "project": judged.pk,
             "format": "parquet",
             "rounds": "1",
-            "annotators": "bob",
+            "annotators": annotator_pseudonym(judged.pk, other_annotator.pk),
             "include_imported": "on",
             "licence": "cc-by-4.0",
         },
@@ -61,7 +62,10 @@ def test_it_refuses_bad_filters(csrf_client, judged, researcher, no_send):
         csrf_client, {"project": judged.pk, "format": "parquet", "rounds": "one", "annotators": "nobody"}
     )
     assert response.status_code == 400
-    assert b"numbers separated by commas" in response.content and b"No user named nobody" in response.content
+    assert (
+        b"numbers separated by commas" in response.content
+        and b"nobody in Helpful assistant" in response.content
+    )
     assert not Export.objects.exists()
 
 
@@ -89,3 +93,47 @@ def no_send(monkeypatch):
     from training import tasks
 
     monkeypatch.setattr(tasks.export_build, "apply_async", lambda args, **kw: None)
+
+
+def test_researchers_filter_by_pseudonym_not_by_username(
+    csrf_client, judged, researcher, other_annotator, no_send
+):
+    """A researcher who could filter by username could link a pseudonym to a person (and learn which
+    accounts exist); only the pseudonyms the data show are accepted from them."""
+    csrf_client.force_login(researcher)
+    response = _post(csrf_client, {"project": judged.pk, "format": "parquet", "annotators": "bob"})
+    html = response.content.decode()
+    assert response.status_code == 400 and "No annotator id (as the exported data show it) bob" in html
+    response = _post(csrf_client, {"project": judged.pk, "format": "parquet", "annotators": "nobody-at-all"})
+    assert "nobody-at-all" in response.content.decode()  # the same answer whether the account exists or not
+    assert not Export.objects.exists()
+
+
+def test_admins_may_filter_by_username(csrf_client, judged, admin_user, other_annotator, no_send):
+    csrf_client.force_login(admin_user)
+    response = _post(csrf_client, {"project": judged.pk, "format": "parquet", "annotators": "bob"})
+    assert response.status_code == 302
+    assert Export.objects.get().filters["annotators"] == [other_annotator.pk]
+
+
+def test_the_api_takes_pseudonyms_from_researchers(judged, researcher, other_annotator, no_send):
+    from tests.api.conftest import token_client
+
+    client = token_client(researcher)
+    refused = client.post(
+        "/api/exports/",
+        {"project": judged.pk, "format": "parquet", "filters": {"annotators": ["bob"]}},
+        format="json",
+    )
+    assert refused.status_code == 400 and "bob" in str(refused.json())
+    accepted = client.post(
+        "/api/exports/",
+        {
+            "project": judged.pk,
+            "format": "parquet",
+            "filters": {"annotators": [annotator_pseudonym(judged.pk, other_annotator.pk)]},
+        },
+        format="json",
+    )
+    assert accepted.status_code == 201, accepted.content
+    assert Export.objects.get().filters["annotators"] == [other_annotator.pk]
