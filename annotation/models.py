@@ -382,6 +382,13 @@ class Report(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["comparison", "annotator"],
+                condition=Q(resolved_at__isnull=True),
+                name="report_one_open_per_comparison_annotator",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Report on comparison {self.comparison_id}: {self.reason[:40]}"

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
-from annotation.models import Comparison, Report
+from django.db import transaction
+
+from annotation.models import Comparison, Lease, Report
+
+MAX_REASON = 2000
 
 
-def comparison_report(*, annotator, comparison: Comparison, reason: str) -> Report:
-    """Record a report; the item stays with the annotator, who can still judge or skip it."""
-    return Report.objects.create(comparison=comparison, annotator=annotator, reason=reason.strip()[:2000])
+class ReportRefused(Exception):
+    """The report was not recorded; the message says why."""
+
+
+def comparison_report(*, annotator, comparison: Comparison, reason: str) -> tuple[Report, bool]:
+    """Record a report on an item handed out to the annotator; (report, created).
+
+    One open report per item and annotator: reporting again replaces the reason of the open
+    one, so a double click or a script cannot pile reports on the admins. The item stays with
+    the annotator, who can still judge or skip it.
+    """
+    if not Lease.objects.filter(comparison=comparison, annotator=annotator).exists():
+        raise ReportRefused("You can report only the item you are working on.")
+    with transaction.atomic():
+        report, created = Report.objects.select_for_update().get_or_create(
+            comparison=comparison,
+            annotator=annotator,
+            resolved_at=None,
+            defaults={"reason": reason.strip()[:MAX_REASON]},
+        )
+        if not created:
+            report.reason = reason.strip()[:MAX_REASON]
+            report.save(update_fields=["reason"])
+    return report, created

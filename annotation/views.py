@@ -27,7 +27,7 @@ from annotation.judgments import (
 )
 from annotation.models import Comparison, Judgment, Lease, Round
 from annotation.rendering import markdown_to_safe_html
-from annotation.reports import comparison_report
+from annotation.reports import ReportRefused, comparison_report
 from webapp.roles import ANNOTATOR, role_required
 
 WORK_TEMPLATE = "annotation/work.html"
@@ -116,8 +116,13 @@ def report(request: HttpRequest, comparison_id: int) -> HttpResponse:
     if not reason:
         text, status = "Say briefly what is wrong with this item.", 200
     else:
-        comparison_report(annotator=request.user, comparison=comparison, reason=reason)
-        text, status = "Reported to the admins, thank you. You can still judge or skip this item.", 200
+        try:
+            _report, created = comparison_report(annotator=request.user, comparison=comparison, reason=reason)
+        except ReportRefused as refused:
+            text, status = str(refused), 200
+        else:
+            text = "Reported to the admins, thank you." if created else "Your report on this item is updated."
+            text, status = text + " You can still judge or skip this item.", 200
     if request.htmx:
         return render(request, "annotation/partials/report_status.html", {"text": text}, status=status)
     messages.info(request, text)

@@ -324,7 +324,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         parameters=[
             PROJECT,
             P("status", OpenApiTypes.STR, enum=Export.Status.values),
-            P("format", OpenApiTypes.STR, enum=Export.Format.values),
+            P("export_format", OpenApiTypes.STR, enum=Export.Format.values),
         ]
     ),
     download=extend_schema(
@@ -345,7 +345,7 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
             Export.objects.select_related("project").order_by("-created_at", "-id"),
             project_id=_int(r, "project"),
             status=_choice(r, "status", Export.Status.values),
-            format=_choice(r, "format", Export.Format.values),
+            format=_choice(r, "export_format", Export.Format.values),
         )
 
     def perform_create(self, serializer):

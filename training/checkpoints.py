@@ -82,9 +82,18 @@ def base_model_install(*, source: str | None = None) -> Path:
             if not is_complete_checkpoint(path):
                 raise CheckpointNotFound(f"{path} is not a model directory (no config.json and weights).")
             return path
+        with path.open("rb") as file:
+            if file.read(4) != b"GGUF":
+                raise CheckpointNotFound(
+                    f"{path} is neither a model directory nor a GGUF file; give a Hugging Face "
+                    "model directory (config.json and weights) or a .gguf file."
+                )
         target = Path(settings.ARTIFACTS_DIR) / "base" / path.stem.lower()
         if not is_complete_checkpoint(target):
-            convert_gguf_checkpoint(path, target)
+            try:
+                convert_gguf_checkpoint(path, target)
+            except Exception as error:  # a damaged or unsupported GGUF: say so, keep nothing
+                raise CheckpointNotFound(f"{path} could not be read as a model: {error}") from error
         return target
 
     target = base_model_dir()

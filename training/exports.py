@@ -644,6 +644,15 @@ def _filters_for_card(export: Export) -> dict[str, Any]:
     return filters
 
 
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|~>"} | {"<": "&lt;", "&": "&amp;"})
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown literally in a markdown body (one line, no link, image, HTML or heading):
+    project names and licences are typed by people, and the card is rendered on the Hub."""
+    return " ".join(text.split()).translate(_MARKDOWN_SPECIAL)
+
+
 def dataset_card(export: Export, built: Built, hashes: dict[str, str]) -> str:
     """README.md for the archive: Hugging Face front matter, counts, filters, how pairs were made."""
     fmt = export.format
@@ -662,11 +671,11 @@ def dataset_card(export: Export, built: Built, hashes: dict[str, str]) -> str:
     lines = [
         *front,
         "",
-        f"# {export.project.name}: {export.get_format_display()}",
+        f"# {markdown_text(export.project.name)}: {export.get_format_display()}",
         "",
-        f"Exported from Tandem, project **{export.project.name}**, format `{fmt}`.",
+        f"Exported from Tandem, project **{markdown_text(export.project.name)}**, format `{fmt}`.",
         "",
-        f"**Licence:** {export.licence or 'not set (ask the project admin before sharing)'}",
+        f"**Licence:** {markdown_text(export.licence) or 'not set (ask the project admin before sharing)'}",
         "",
         "## Counts",
         "",

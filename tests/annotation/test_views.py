@@ -390,3 +390,25 @@ def test_the_order_recorded_is_the_order_that_was_shown(annotator, project):
     assert not Judgment.objects.exists()
     response = _post(client, reverse("annotate-judge", args=[lease.comparison_id]), _answer(lease), htmx=True)
     assert Judgment.objects.get().order_shown == lease.order
+
+
+def test_reporting_an_item_again_updates_the_one_open_report(annotator, project):
+    round = make_round(project, 2)
+    client = _client(annotator)
+    client.get(reverse("annotate-round", args=[round.pk]))
+    lease = Lease.objects.get()
+    url = reverse("annotate-report", args=[lease.comparison_id])
+    for reason in ("garbled", "garbled, and the second answer is cut off", "spam"):
+        response = _post(client, url, {"reason": reason}, htmx=True)
+    assert b"Your report on this item is updated" in response.content
+    assert list(Report.objects.values_list("reason", flat=True)) == ["spam"]
+
+
+def test_only_an_item_handed_out_can_be_reported(annotator, project):
+    round = make_round(project, 2)
+    client = _client(annotator)
+    client.get(reverse("annotate-round", args=[round.pk]))
+    other = Comparison.objects.exclude(pk=Lease.objects.get().comparison_id).get()
+    response = _post(client, reverse("annotate-report", args=[other.pk]), {"reason": "spam"}, htmx=True)
+    assert b"only the item you are working on" in response.content
+    assert not Report.objects.exists()

@@ -202,3 +202,14 @@ def test_judgment_list_queries_do_not_grow(world, researcher, django_assert_max_
     with django_assert_max_num_queries(8):
         assert client.get("/api/judgments/").status_code == 200
     assert Judgment.objects.count() == 9
+
+
+def test_exports_filter_by_export_format_and_leave_format_to_drf(world, researcher):
+    """``?format=`` is DRF's (json, api); the exports list filters on ``?export_format=``."""
+    client = token_client(researcher)
+    as_json = client.get("/api/exports/?format=json")
+    assert as_json.status_code == 200 and as_json["Content-Type"].startswith("application/json")
+    found = client.get(f"/api/exports/?export_format={world['export'].format}").json()["results"]
+    assert [e["id"] for e in found] == [world["export"].pk]
+    assert client.get("/api/exports/?export_format=parquet").json()["results"] == []
+    assert client.get("/api/exports/?export_format=nonsense").status_code == 400

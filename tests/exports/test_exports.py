@@ -140,6 +140,21 @@ def test_the_card_tells_counts_filters_agreement_and_licence(judged, other_annot
     assert "mean agreement: 0.750" in full_card  # c0 agreed (1.0), c1 split (0.5)
 
 
+def test_the_card_shows_a_hostile_project_name_and_licence_as_text(judged, tmp_path):
+    """Names and licences are typed by people and the card is rendered as markdown on the Hub."""
+    judged.name = "Evil <img src=x onerror=alert(1)>\n# [click](javascript:alert(2))"
+    judged.save(update_fields=["name"])
+    export = Export.objects.create(
+        project=judged, format=Export.Format.TRL_JSONL, licence="mit\n\n<script>alert(3)</script>"
+    )
+    export = export_run(export)
+    card = (unzip(export.uri, tmp_path / "x") / "README.md").read_text()
+    body = card.split("\n---\n", 1)[1]
+    assert "<img" not in body and "<script" not in body and "](javascript" not in body
+    assert "\n# [" not in body and "&lt;img src=x onerror=alert\\(1\\)\\>" in body
+    assert card.startswith('---\nlicense: "mit\\n\\n<script>alert(3)</script>"')  # quoted YAML, not markup
+
+
 def test_the_same_data_give_the_same_file(judged):
     first = build(judged, Export.Format.TRL_CONVERSATIONAL)
     second = build(judged, Export.Format.TRL_CONVERSATIONAL)

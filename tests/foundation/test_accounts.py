@@ -23,6 +23,24 @@ def test_it_refuses_an_unknown_role(db):
         call_command("create_user", "grace", role="wizard", password="x")
 
 
+@pytest.mark.parametrize(
+    "username, password, message",
+    [
+        ("grace", "123", "too short"),
+        ("grace", "password123", "too common"),
+        ("gr ace<script>", "a-long-test-password", "Enter a valid username"),
+        ("g" * 151, "a-long-test-password", "at most 150 characters"),
+    ],
+)
+def test_create_user_refuses_weak_passwords_and_bad_names(db, username, password, message):
+    from django.contrib.auth import get_user_model
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match=message):
+        call_command("create_user", username, role="annotator", password=password)
+    assert not get_user_model().objects.exists()
+
+
 def test_it_serves_the_login_page_in_the_site_style(client):
     response = client.get("/login/")
     assert response.status_code == 200

@@ -29,6 +29,17 @@ def test_it_refuses_a_directory_that_is_not_a_model(project, tmp_path):
         call_command("install_base_model", project=project.name, source=str(tmp_path))
 
 
+@pytest.mark.parametrize("content", [b"not a model at all", b"GGUF\x03\x00\x00\x00 truncated"])
+def test_it_refuses_a_file_that_is_not_a_model(project, tmp_path, settings, content):
+    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(content)
+    with pytest.raises(CommandError, match="GGUF file|could not be read as a model"):
+        call_command("install_base_model", project=project.name, source=str(bogus))
+    assert not Checkpoint.objects.exists()
+    assert not (tmp_path / "artifacts" / "base" / "model").exists()
+
+
 @pytest.mark.slow
 def test_it_converts_the_bundled_smollm2_into_a_trainable_checkpoint(project, settings, tmp_path):
     settings.ARTIFACTS_DIR = tmp_path

@@ -1,5 +1,8 @@
 import getpass
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from webapp.roles import ROLES, create_user_with_role
@@ -21,6 +24,16 @@ class Command(BaseCommand):
             password = os.environ.get("TANDEM_PASSWORD") or getpass.getpass(f"Password for {username}: ")
         if not password:
             raise CommandError("A password is required.")
+        User = get_user_model()
+        name_field = User._meta.get_field(User.USERNAME_FIELD)
+        try:
+            name_field.clean(username, None)  # length and characters, as the admin's user form checks
+            existing = User.objects.filter(**{User.USERNAME_FIELD: username}).first()
+            validate_password(
+                password, user=existing or User(**{User.USERNAME_FIELD: username, "email": email})
+            )
+        except ValidationError as error:
+            raise CommandError(" ".join(error.messages)) from error
         user = create_user_with_role(username=username, password=password, role=role, email=email)
         self.stdout.write(
             self.style.SUCCESS(f"{user.username} is now a{'n' if role[0] in 'aeiou' else ''} {role}.")
