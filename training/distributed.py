@@ -1,7 +1,7 @@
 """Training in several processes: ``accelerate launch`` from a task, watched through files.
 
 A run whose config asks for more than one process (``"num_processes": 4`` or ``"auto"``,
-optionally ``"accelerate_config": "/path/fsdp.yaml"`` for FSDP or DeepSpeed) does not
+optionally ``"accelerate_config": "fsdp"``, the name of a file in ``ACCELERATE_CONFIGS_DIR``, for FSDP or DeepSpeed) does not
 train inside the Celery worker: :func:`launch_processes` writes the inputs to a work
 directory and starts ``python -m accelerate.commands.launch ... -m training.ml.<module>``
 in its own process group. The ML entry points cannot call back into Django, so the
@@ -32,6 +32,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from training.run_configs import accelerate_config_path
 from training.runs import RunCancelled, RunReporter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,16 @@ def process_count(config: dict, *, gpu_count: int | None = None) -> int:
         raise ValueError(f'"num_processes" must be a whole number or "auto", not {requested!r}.') from None
     if count < 1:
         raise ValueError(f'"num_processes" must be at least 1, not {count}.')
+    if gpu_count is None:
+        import torch
+
+        gpu_count = torch.cuda.device_count()
+    devices = gpu_count or os.cpu_count() or 1  # one process per GPU, or per CPU core without one
+    if count > devices:
+        what = f"{gpu_count} GPU{'s' if gpu_count != 1 else ''}" if gpu_count else f"{devices} CPU cores"
+        raise ValueError(
+            f'"num_processes" is {count}, but this worker has {what}; ask for at most {devices}.'
+        )
     return count
 
 
@@ -99,7 +110,12 @@ def launch_command(
     command += ["--num_machines", "1", "--main_process_port", str(port)]
     env = {"PYTHONUNBUFFERED": "1"}
     if accelerate_config:
-        command += ["--config_file", str(accelerate_config)]  # its distributed_type: FSDP, DeepSpeed...
+        path = accelerate_config_path(accelerate_config)
+        if path is None:
+            raise ValueError(
+                f"No accelerate config named {accelerate_config!r} in {settings.ACCELERATE_CONFIGS_DIR}."
+            )
+        command += ["--config_file", str(path)]  # its distributed_type: FSDP, DeepSpeed...
     elif num_processes > 1:
         command.append("--multi_gpu")  # the torchrun launcher: the only one that starts N local processes
     if not cuda:

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import importlib
 
-from django.core.exceptions import ValidationError
-
 from annotation.models import Project
 from training.models import TrainingRun
+from training.run_configs import run_config_checked
 from training.runs import QueueUnavailable, run_launch, run_retry
 
 __all__ = [
@@ -72,6 +71,7 @@ def task_for(name: str):
 
 
 def _launch(*, project: Project, kind: str, config: dict, created_by) -> TrainingRun:
+    run_config_checked(kind, config)  # ValidationError keyed by field, whichever path launched it
     return run_launch(
         project=project, kind=kind, config=config, task=task_for(TASK_NAMES[kind]), created_by=created_by
     )
@@ -90,10 +90,8 @@ def ppo_launch(*, project: Project, config: dict, created_by=None) -> TrainingRu
 def loop_launch(*, project: Project, config: dict, created_by=None) -> TrainingRun:
     """Queue the whole loop: snapshot, reward model, PPO, then (optionally) the next round.
 
-    Raises ValidationError keyed by field when ``train_policy_anyway`` is there but not a boolean.
+    Raises ValidationError keyed by field for a config outside ``training.run_configs``' bounds.
     """
-    if not isinstance(config.get("train_policy_anyway", False), bool):
-        raise ValidationError({"train_policy_anyway": "Expected true or false."})
     return _launch(project=project, kind=TrainingRun.Kind.LOOP, config=config, created_by=created_by)
 
 

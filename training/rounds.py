@@ -64,6 +64,7 @@ from django.utils import timezone
 from annotation.models import Comparison, ComparisonItem, Project, Prompt, Response, Round
 from annotation.rendering import markdown_to_safe_html
 from training.models import Checkpoint, TrainingRun
+from training.run_configs import settings_problems
 from training.runs import QueueUnavailable, RunReporter, enqueue, run_retry
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,10 @@ def round_open(
     """
     cfg = config if isinstance(config, RoundConfig) else RoundConfig.from_mapping(config)
     errors = cfg.errors()
+    # The same bounds as every launched run (training.run_configs): 10^7 new tokens or 10^6
+    # chunks would hold the workers for hours.
+    for key, message in settings_problems("RoundConfig", dataclasses.asdict(cfg), own_checks=False).items():
+        errors.setdefault(key, []).append(message)
     checkpoints = list({c.pk: c for c in checkpoints}.values())
     checkpoints.sort(key=lambda c: -c.version)  # newest first: it leads every pair
     if not checkpoints:

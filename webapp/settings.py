@@ -38,6 +38,10 @@ if not SECRET_KEY:
 # including URLs that carry passwords (DATABASE_URL, CELERY_BROKER_URL, CACHE_URL).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "webapp.security.SecretMaskingFilter"
 
+# Multi-process runs name an accelerate config (FSDP, DeepSpeed...) that lives in this folder;
+# a run config can never point accelerate at any other file (training/run_configs.py).
+ACCELERATE_CONFIGS_DIR = Path(env_str("ACCELERATE_CONFIGS_DIR") or str(BASE_DIR / "docker" / "accelerate"))
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 

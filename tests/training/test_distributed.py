@@ -20,7 +20,7 @@ from training.tasks import train_ppo, train_reward_model
 def test_it_trains_in_the_worker_unless_the_config_asks_for_more_processes():
     assert process_count({}) == 1
     assert process_count({"num_processes": 1}) == 1
-    assert process_count({"num_processes": 4}) == 4
+    assert process_count({"num_processes": 4}, gpu_count=8) == 4
     assert process_count({"num_processes": "auto"}, gpu_count=8) == 8
     assert process_count({"num_processes": "auto"}, gpu_count=1) == 1
     assert process_count({"num_processes": "auto"}, gpu_count=0) == 1
@@ -28,7 +28,17 @@ def test_it_trains_in_the_worker_unless_the_config_asks_for_more_processes():
         process_count({"num_processes": "many"})
 
 
-def test_it_forms_a_cpu_group_with_the_torchrun_launcher_and_honours_an_accelerate_config(tmp_path):
+def test_a_worker_runs_no_more_processes_than_it_has_devices():
+    with pytest.raises(ValueError, match="this worker has 2 GPUs; ask for at most 2"):
+        process_count({"num_processes": 100_000}, gpu_count=2)
+    with pytest.raises(ValueError, match="CPU cores"):
+        process_count({"num_processes": 100_000}, gpu_count=0)
+
+
+def test_it_forms_a_cpu_group_with_the_torchrun_launcher_and_honours_an_accelerate_config(tmp_path, settings):
+    settings.ACCELERATE_CONFIGS_DIR = tmp_path / "accelerate"
+    settings.ACCELERATE_CONFIGS_DIR.mkdir()
+    (settings.ACCELERATE_CONFIGS_DIR / "fsdp.yaml").write_text("distributed_type: FSDP\n")
     cpu, env = launch_command(
         module="m",
         config_path=tmp_path / "r.json",
@@ -43,11 +53,12 @@ def test_it_forms_a_cpu_group_with_the_torchrun_launcher_and_honours_an_accelera
         module="m",
         config_path=tmp_path / "r.json",
         num_processes=8,
-        accelerate_config="fsdp.yaml",
+        accelerate_config="fsdp",
         cuda=True,
         port=1,
     )
-    assert fsdp[fsdp.index("--config_file") + 1] == "fsdp.yaml" and "--multi_gpu" not in fsdp
+    path = str((settings.ACCELERATE_CONFIGS_DIR / "fsdp.yaml").resolve())
+    assert fsdp[fsdp.index("--config_file") + 1] == path and "--multi_gpu" not in fsdp
     assert "ACCELERATE_USE_CPU" not in env
 
 
@@ -126,18 +137,37 @@ def test_it_runs_ppo_in_two_processes_and_records_the_checkpoint(judged_round, p
     assert checkpoint.parent == base and (Path(checkpoint.uri) / "config.json").is_file()
 
 
-@pytest.mark.slow
-def test_it_fails_the_run_with_the_processes_own_error(judged_round, project, tmp_path):  # noqa: F811
+def test_an_accelerate_config_is_taken_only_by_name_from_its_folder(
+    judged_round,  # noqa: F811
+    project,
+    settings,
+    tmp_path,
+):
     _, base = judged_round
-    missing = tmp_path / "fsdp.yaml"
-    config = {"base_checkpoint_id": base.pk, "num_processes": 2, "accelerate_config": str(missing)}
+    settings.ACCELERATE_CONFIGS_DIR = tmp_path / "accelerate"
+    settings.ACCELERATE_CONFIGS_DIR.mkdir()
+    config = {"base_checkpoint_id": base.pk, "num_processes": 2, "accelerate_config": "fsdp"}
     run = TrainingRun.objects.create(project=project, kind="reward_model", config=config)
     train_reward_model(run.pk)
 
     run.refresh_from_db()
     assert run.status == "failed"
-    assert run.error.startswith(
-        "LaunchFailed: The 2 training processes exited with status 1: FileNotFoundError"
-    )
-    assert str(missing) in run.error
+    assert f"No accelerate config named 'fsdp' in {settings.ACCELERATE_CONFIGS_DIR}" in run.error
+    assert not RewardModel.objects.exists()
+
+
+@pytest.mark.slow
+def test_it_fails_the_run_with_the_processes_own_error(judged_round, project, settings, tmp_path):  # noqa: F811
+    _, base = judged_round
+    settings.ACCELERATE_CONFIGS_DIR = tmp_path / "accelerate"
+    settings.ACCELERATE_CONFIGS_DIR.mkdir()
+    (settings.ACCELERATE_CONFIGS_DIR / "broken.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+    config = {"base_checkpoint_id": base.pk, "num_processes": 2, "accelerate_config": "broken"}
+    run = TrainingRun.objects.create(project=project, kind="reward_model", config=config)
+    train_reward_model(run.pk)
+
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert run.error.startswith("LaunchFailed: The 2 training processes exited with status 1:"), run.error
+    assert "distributed_type" in run.error  # accelerate's own words about the broken file
     assert not RewardModel.objects.exists()
