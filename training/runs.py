@@ -305,6 +305,11 @@ def describe_error(exc: BaseException) -> str:
             "The GPU ran out of memory. Lower the batch size or the maximum length, "
             "or use a GPU with more memory, then retry."
         )
+    if isinstance(exc, MemoryError):
+        return (
+            "The worker ran out of memory. Lower the batch size or the maximum length (or the number "
+            "of processes), then retry; retrying as it is would run out again."
+        )
     if isinstance(exc, RunStopped):
         return str(exc)
     if isinstance(exc, FileNotFoundError):

@@ -90,6 +90,24 @@ def test_it_stops_a_reward_model_run_on_cancel_and_writes_no_model(judged_round,
     assert not reward_model_dir(run).exists()
 
 
+def test_a_run_that_runs_out_of_memory_fails_with_a_plain_reason(judged_round, project, monkeypatch):
+    """Fault injection where the allocation would fail: the run fails once, saying what to change,
+    and stays failed (no automatic retry would run out again)."""
+    import training.ml.reward
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(training.ml.reward, "build_reward_trainer", out_of_memory)
+    _, base = judged_round
+    run = _run(project, "reward_model", {"base_checkpoint_id": base.pk, "training": TINY_RM})
+    train_reward_model(run.pk)
+    run.refresh_from_db()
+    assert run.status == "failed" and run.attempts == 1
+    assert run.error.startswith("The worker ran out of memory. Lower the batch size")
+    assert not RewardModel.objects.exists()
+
+
 def test_it_refuses_to_train_without_enough_judgments(project, tiny_checkpoint, settings, tmp_path):
     settings.ARTIFACTS_DIR = tmp_path
     base = Checkpoint.objects.create(project=project, version=0, uri=str(tiny_checkpoint), origin="base")
