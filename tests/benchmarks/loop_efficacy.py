@@ -137,7 +137,9 @@ def run_one(settings, label: str, seed: int, control: str | None, work_root: Pat
             + "; length "
             + " ".join(f"{v:.0f}" for v in series["response/length_mean"])
             + "; eos "
-            + " ".join(f"{v:.2f}" for v in series["response/eos_share"]),
+            + " ".join(f"{v:.2f}" for v in series["response/eos_share"])
+            + "; wall s: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in outcome.wall_s.items()),
             flush=True,
         )
         for prompt, old, new in outcome.samples[:2]:

@@ -102,6 +102,30 @@ EVAL_QUESTIONS = [
     "How do I write a good email?",
     "Why do we have seasons?",
     "What makes a good friend?",
+    "How do I keep houseplants alive?",
+    "What is a rainbow?",
+    "Why do we yawn?",
+    "How does a compass work?",
+    "What is a function in Python?",
+    "How do I make pancakes?",
+    "Why is the grass green?",
+    "What is an earthquake?",
+    "How do I learn a new language?",
+    "What do pandas eat?",
+    "How does soap clean things?",
+    "What is recycling?",
+    "Why do we need water?",
+    "How do I fix a flat bicycle tyre?",
+    "What is a galaxy?",
+    "How can I sleep on a long flight?",
+    "What is democracy?",
+    "Why do dogs wag their tails?",
+    "How do solar panels work?",
+    "What is a habit?",
+    "How do I plan a small garden?",
+    "What is the water cycle?",
+    "Why do we celebrate birthdays?",
+    "How does a camera take a picture?",
 ]
 
 
@@ -129,10 +153,12 @@ class LoopSettings:
             "device": "cpu",
         }
     )
+    # One epoch at 2e-4: held-out accuracy 0.90 [0.80, 0.97] against 0.88 [0.78, 0.95] for two
+    # epochs at 1e-4 (rule longer, seed 0), in half the CPU time (192 s against 374 s).
     reward_model: dict[str, Any] = field(
         default_factory=lambda: {
-            "learning_rate": 1e-4,
-            "num_epochs": 2,
+            "learning_rate": 2e-4,
+            "num_epochs": 1,
             "batch_size": 8,
             "trainable_layers": 8,
             "max_length": 192,
@@ -157,8 +183,10 @@ class LoopSettings:
             "max_prompt_length": 64,
         }
     )
+    # Round 2 compares the policies' typical answers (temperature 0.5) on all 48 unseen prompts:
+    # at 0.8 on 24 the sampling noise alone spread the win rate's interval over +-0.18.
     round_2: dict[str, Any] = field(
-        default_factory=lambda: {"max_new_tokens": 64, "temperature": 0.8, "batch_size": 16, "device": "cpu"}
+        default_factory=lambda: {"max_new_tokens": 64, "temperature": 0.5, "batch_size": 16, "device": "cpu"}
     )
     judges_round_2: int = 3
 
@@ -286,6 +314,9 @@ def run_loop_scenario(
         raise RuntimeError(f"the loop failed: {loop.error}")
     reward_run = loop.children.get(kind="reward_model")
     ppo_run = loop.children.get(kind="ppo")
+    for child in loop.children.all():
+        if child.started_at and child.finished_at:
+            outcome.wall_s[f"loop: {child.kind}"] = (child.finished_at - child.started_at).total_seconds()
     reward_model = RewardModel.objects.get(run=reward_run)
     evaluation = reward_model.evaluation
     outcome.heldout_pairs = evaluation.get("pairs", 0)

@@ -9,14 +9,13 @@ trained on, judged by three simulated annotators (``loop_scenario.py``, shared w
 
 What this test asserts, every time: the reward model learned the rule from people's rankings
 (its held-out accuracy's 95% interval, clustered by prompt, lies above chance), PPO moved the
-policy (KL above 0.1), and round 2 was judged in full.
+policy (KL above 0.1), and **the new policy wins**: its win rate over its parent, judged on 48
+evaluation prompts by three annotators, has a 95% interval (clustered by comparison) above 0.5.
 
-What it does not assert yet: that the new policy wins. Measured (issue #16): win rates 0.74
-[0.54, 0.90] and 0.85 [0.70, 0.96] in the benchmark's two seeds, but 0.667 [0.458, 0.833] in
-CI's run of this very test (prompt ids, hence sampling seeds, differ on PostgreSQL), and the
-shuffled-labels control drifts longer on its own (198 -> 251 chars, win 0.60 [0.40, 0.78]).
-A test named after a win must assert an interval above 0.5 on every run; this loop does not
-deliver that reliably yet, so the claim stays with the benchmark and the issue stays open.
+Measured with these settings (``tests/benchmarks/loop_efficacy.py``, 2026-12-03): win 0.72
+[0.60, 0.83] (rule longer, seed 0); the shuffled-labels control 0.44 [0.30, 0.58], with no
+drift in length (181 -> 179 chars), so the win comes from the rankings. About 13 CPU-minutes
+on one thread: over the 10 the issue asks for (#16 stays open on that).
 Run with ``-s`` to see the figures.
 """
 
@@ -44,7 +43,7 @@ def torch_threads():
     torch.set_num_threads(previous)
 
 
-def test_rankings_that_prefer_longer_answers_teach_the_reward_model_and_move_the_policy(
+def test_rankings_that_prefer_longer_answers_make_a_policy_that_people_prefer(
     smollm2_checkpoint, settings, tmp_path, eager, django_capture_on_commit_callbacks, torch_threads, db
 ):
     settings.ARTIFACTS_DIR = tmp_path
@@ -71,4 +70,5 @@ def test_rankings_that_prefer_longer_answers_teach_the_reward_model_and_move_the
     assert outcome.rm_learned, "the reward model's held-out interval includes chance"
     assert outcome.rm_lower > 0.5 and outcome.heldout_pairs >= 40
     assert outcome.ppo_kl > 0.1, "PPO did not move the policy"
-    assert win["n"] >= 60  # 24 eval prompts x 3 judgments, less any identical pair
+    assert win["n"] >= 120  # 48 eval prompts x 3 judgments, less any identical pair
+    assert win["lower"] > 0.5, f"the new policy did not win: {win['win_rate']:.3f} [{win['lower']:.3f}, ...]"
