@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from annotation.models import Comparison, Lease, Report
+from annotation.models import Comparison, Judgment, Lease, Report, Skip
 
 MAX_REASON = 2000
 
@@ -14,14 +14,20 @@ class ReportRefused(Exception):
 
 
 def comparison_report(*, annotator, comparison: Comparison, reason: str) -> tuple[Report, bool]:
-    """Record a report on an item handed out to the annotator; (report, created).
+    """Record a report on an item handed out to the annotator (held now, or judged or skipped
+    before); (report, created).
 
     One open report per item and annotator: reporting again replaces the reason of the open
     one, so a double click or a script cannot pile reports on the admins. The item stays with
     the annotator, who can still judge or skip it.
     """
-    if not Lease.objects.filter(comparison=comparison, annotator=annotator).exists():
-        raise ReportRefused("You can report only the item you are working on.")
+    handed_out = (
+        Lease.objects.filter(comparison=comparison, annotator=annotator).exists()
+        or Judgment.objects.filter(comparison=comparison, annotator=annotator).exists()
+        or Skip.objects.filter(comparison=comparison, annotator=annotator).exists()
+    )
+    if not handed_out:
+        raise ReportRefused("You can report only items handed out to you.")
     with transaction.atomic():
         report, created = Report.objects.select_for_update().get_or_create(
             comparison=comparison,

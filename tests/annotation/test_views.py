@@ -410,5 +410,5 @@ def test_only_an_item_handed_out_can_be_reported(annotator, project):
     client.get(reverse("annotate-round", args=[round.pk]))
     other = Comparison.objects.exclude(pk=Lease.objects.get().comparison_id).get()
     response = _post(client, reverse("annotate-report", args=[other.pk]), {"reason": "spam"}, htmx=True)
-    assert b"only the item you are working on" in response.content
+    assert b"only items handed out to you" in response.content
     assert not Report.objects.exists()

@@ -328,7 +328,7 @@ def _build_world(tmp_path) -> SimpleNamespace:
     w.bob_judgment = judge(w.bob, w.c1, "BOBSAYS-k2v8")
     w.carol_judgment = judge(w.carol, w.cq, "CAROLSAYS-q9w3")
     w.bob_skip = comparison_skip(annotator=w.bob, comparison=w.c2, reason="BOBSKIPS-k2v8")
-    w.bob_report = comparison_report(annotator=w.bob, comparison=w.c1, reason="BOBREPORTS-k2v8")
+    w.bob_report, _ = comparison_report(annotator=w.bob, comparison=w.c1, reason="BOBREPORTS-k2v8")
     Lease.objects.create(
         comparison=w.c2,
         annotator=w.alice,
