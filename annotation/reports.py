@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import Q
 
-from annotation.models import Comparison, Judgment, Lease, Report, Skip
+from annotation.models import Comparison, Report
 
 MAX_REASON = 2000
 
@@ -21,11 +22,10 @@ def comparison_report(*, annotator, comparison: Comparison, reason: str) -> tupl
     one, so a double click or a script cannot pile reports on the admins. The item stays with
     the annotator, who can still judge or skip it.
     """
-    handed_out = (
-        Lease.objects.filter(comparison=comparison, annotator=annotator).exists()
-        or Judgment.objects.filter(comparison=comparison, annotator=annotator).exists()
-        or Skip.objects.filter(comparison=comparison, annotator=annotator).exists()
-    )
+    handed_out = Comparison.objects.filter(
+        Q(leases__annotator=annotator) | Q(judgments__annotator=annotator) | Q(skips__annotator=annotator),
+        pk=comparison.pk,
+    ).exists()
     if not handed_out:
         raise ReportRefused("You can report only items handed out to you.")
     with transaction.atomic():

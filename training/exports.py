@@ -48,12 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from django.utils.text import slugify
 
-from annotation.models import Comparison, Project, Prompt, Response
+from annotation.models import Comparison, Judgment, Project, Prompt, Response
 from training.ml.pairs import DEFAULT_MARGINS, LOSS_WEIGHTING_CONVENTIONS, PairOptions
 from training.models import Export
 from training.runs import QueueUnavailable
@@ -276,8 +277,6 @@ def annotator_ids(project: Project, names: Iterable[str], *, usernames_allowed: 
     says which accounts exist); admins, who can see both, may also give usernames. Raises
     ValueError naming what matched no annotator of the project.
     """
-    from annotation.models import Judgment
-
     wanted = sorted({name.strip() for name in names if name.strip()})
     if not wanted:
         return []
@@ -289,8 +288,6 @@ def annotator_ids(project: Project, names: Iterable[str], *, usernames_allowed: 
     by_pseudonym = {annotator_pseudonym(project.pk, uid): uid for uid in judged}
     found = {name: by_pseudonym[name] for name in wanted if name in by_pseudonym}
     if usernames_allowed and (rest := [name for name in wanted if name not in found]):
-        from django.contrib.auth import get_user_model
-
         found |= dict(get_user_model().objects.filter(username__in=rest).values_list("username", "pk"))
     if missing := [name for name in wanted if name not in found]:
         what = (

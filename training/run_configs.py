@@ -1,7 +1,7 @@
 """One set of bounds for every run config, whatever launched it: the dashboard, the API, a command.
 
 A run's ``config`` is JSON that a worker turns into the typed settings of ``training.ml``
-(``RewardModelConfig``, ``PPOConfig``, ``PairOptions``) and ``training.rounds.RoundConfig``.
+(``RewardModelConfig``, ``PPOConfig``, ``PairOptions``) and ``training.round_config.RoundConfig``.
 Before a run is created, :func:`run_config_checked` refuses what the worker could not or
 should not run, with the problem keyed by field (``"training.batch_size"``):
 
@@ -30,6 +30,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+
+from training.ml.pairs import PairOptions
+from training.ml.ppo_config import PPOConfig
+from training.ml.reward import RewardModelConfig
+from training.round_config import RoundConfig
+from training.snapshots import JudgmentFilters
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_PROCESSES = 64
@@ -126,11 +132,6 @@ NOT_FROM_A_LAUNCH = {"PPOConfig": {"value_model_path"}}
 
 
 def _config_classes() -> dict[str, type]:
-    from training.ml.pairs import PairOptions
-    from training.ml.ppo_config import PPOConfig
-    from training.ml.reward import RewardModelConfig
-    from training.rounds import RoundConfig
-
     return {
         "RewardModelConfig": RewardModelConfig,
         "PPOConfig": PPOConfig,
@@ -265,8 +266,6 @@ def _accelerate_config(value) -> str | None:
 
 
 def _filters(value) -> str | None:
-    from training.snapshots import JudgmentFilters
-
     try:
         JudgmentFilters.from_json(value)
     except (TypeError, ValueError, AttributeError) as error:
