@@ -1,8 +1,9 @@
-"""A worker killed with SIGKILL mid-generation, mid-reward-model and mid-PPO.
+"""A worker killed with SIGKILL mid-generation, mid-PPO, and while it writes a reward model.
 
 Each real-worker test starts a Celery worker process (``tests/workers.py``), launches the
-run through the product's own service, waits until the run is demonstrably half done,
-and kills the worker. Then: the run is not succeeded; once its heartbeat has been silent
+run through the product's own service, waits until the run is demonstrably half done (or,
+for the reward model, until the worker is between two files of the model it is writing:
+``training.ml.checkpoints.pause_between_files``), and kills the worker. Then: the run is not succeeded; once its heartbeat has been silent
 for the stale window it is failed with a reason a person can read (found by a fresh
 worker starting, or by the dashboard looking); nothing half-written is registered or
 loadable at a final path; and Retry on a fresh worker completes it, resuming what it saved.
@@ -26,8 +27,15 @@ from tests.services import service_missing
 from tests.training.conftest import make_checkpoint, make_judged_round, make_prompts
 from tests.workers import Worker, flush_broker, redis_broker_url, wait_for
 from training.launch import ppo_launch, reward_model_launch, run_retry_launch
-from training.ml.checkpoints import TMP_PREFIX, atomic_directory, is_complete_checkpoint, partial_writes
+from training.ml.checkpoints import (
+    PAUSE_WRITES_ENV,
+    TMP_PREFIX,
+    atomic_directory,
+    is_complete_checkpoint,
+    partial_writes,
+)
 from training.ml.ppo import latest_state
+from training.ml.reward import RESULTS_FILE
 from training.models import Checkpoint, Metric, RewardModel, TrainingRun
 from training.policies import policy_dir, run_dir
 from training.reward_models import reward_model_dir
@@ -54,7 +62,7 @@ def workers(transactional_db, settings, tmp_path):
     torch.set_num_threads(1)  # this process loads the models it checks
 
     class Workers:
-        def start(self) -> Worker:
+        def start(self, **env: str) -> Worker:
             worker = Worker(
                 env={
                     "CELERY_BROKER_URL": broker,
@@ -62,6 +70,7 @@ def workers(transactional_db, settings, tmp_path):
                     "RUN_STALE_AFTER_SECONDS": str(STALE),
                     # Two-layer models gain nothing from threads and lose badly on busy cores.
                     "OMP_NUM_THREADS": "1",
+                    **env,
                 },
                 log_path=tmp_path / f"worker-{len(started) + 1}.log",
             )
@@ -202,7 +211,7 @@ def test_a_round_whose_worker_is_killed_fails_when_a_worker_starts_and_retry_fil
 
 TINY_RM = {
     "learning_rate": 1e-3,
-    "max_steps": 300,  # a few seconds: progress is written every 2 s, the kill must land before the end
+    "max_steps": 20,
     "batch_size": 2,
     "warmup_ratio": 0.0,
     "eval_fraction": 0.25,
@@ -225,28 +234,29 @@ def signed_in(admin_user) -> Client:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_a_reward_model_whose_worker_is_killed_is_failed_by_the_dashboard_and_retrains_on_retry(
-    project, tiny_checkpoint, admin_user, workers, settings
+def test_a_reward_model_whose_worker_is_killed_while_writing_it_is_failed_by_the_dashboard_and_retrains_on_retry(
+    project, tiny_checkpoint, admin_user, workers, settings, tmp_path
 ):
     base = make_checkpoint(project, tiny_checkpoint)
     judged(project, base)
-    first = workers.start()
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    first = workers.start(**{PAUSE_WRITES_ENV: str(pauses)})  # it stops between two files of the model
     run = reward_model_launch(project=project, config={"base_checkpoint_id": base.pk, "training": TINY_RM})
 
-    wait_for(
-        lambda: refreshed(run).progress_done > 0 and Metric.objects.filter(run=run, name="loss").exists(),
-        timeout=BOOT,
-        what="training steps and their loss",
-        every=0.05,
-        worker=first,
+    announced = wait_for(
+        lambda: next(pauses.iterdir(), None), timeout=BOOT, what="the model's write to begin", worker=first
     )
+    being_written = Path(announced.read_text())
+    assert {"config.json", "model.safetensors"} <= {p.name for p in being_written.iterdir()}
+    assert not (being_written / RESULTS_FILE).exists()  # the last file is still to come
     first.kill()
     second = workers.start()  # boots while the dead worker's heartbeat goes stale
 
-    assert 0 < refreshed(run).progress_done < run.progress_total, "training ended before the kill"
-    assert run.status == TrainingRun.Status.RUNNING
+    assert refreshed(run).status == TrainingRun.Status.RUNNING
     assert not RewardModel.objects.exists()
     assert not reward_model_dir(run).exists()
+    assert partial_writes(reward_model_dir(run)) == [being_written]  # hidden, never read
     assert_nothing_half_written(Path(settings.ARTIFACTS_DIR))
 
     admin = signed_in(admin_user)
@@ -270,8 +280,9 @@ def test_a_reward_model_whose_worker_is_killed_is_failed_by_the_dashboard_and_re
     assert (run.status, run.attempts) == (TrainingRun.Status.SUCCEEDED, 2), run.error
     reward_model = RewardModel.objects.get(run=run)
     assert Path(reward_model.uri) == reward_model_dir(run)
+    assert (reward_model_dir(run) / RESULTS_FILE).is_file()
     assert_nothing_half_written(Path(settings.ARTIFACTS_DIR))
-    assert not no_partial_writes_left(Path(settings.ARTIFACTS_DIR))
+    assert not no_partial_writes_left(Path(settings.ARTIFACTS_DIR))  # the retry cleared the killed write
 
 
 # --- PPO ------------------------------------------------------------------------------

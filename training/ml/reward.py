@@ -38,7 +38,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from training.ml.checkpoints import atomic_directory, ensure_distinct_pad_token, train_top_layers_only
+from training.ml.checkpoints import (
+    atomic_directory,
+    ensure_distinct_pad_token,
+    pause_between_files,
+    train_top_layers_only,
+)
 from training.ml.intervals import clustered_share_interval
 from training.ml.pairs import split_by_prompt
 
@@ -757,6 +762,7 @@ def _save(trainer, out_dir: Path, record: dict) -> None:
     if accelerator.num_processes == 1:
         with atomic_directory(out_dir) as tmp:
             trainer.save_model(str(tmp))
+            pause_between_files(tmp)
             _finish_directory(tmp, record)
         return
     # Several processes: every rank takes part in gathering sharded weights (FSDP/DeepSpeed),
@@ -768,6 +774,7 @@ def _save(trainer, out_dir: Path, record: dict) -> None:
         with atomic_directory(out_dir) as tmp:
             for item in staging.iterdir():
                 shutil.move(str(item), tmp / item.name)
+            pause_between_files(tmp)
             _finish_directory(tmp, record)
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
