@@ -86,6 +86,11 @@ def database_from_url(url: str) -> dict:
         if not name:
             raise ImproperlyConfigured("DATABASE_URL names no database (postgres://host/NAME).")
         options = {**POSTGRES_STATEMENT_OPTIONS, **_postgres_options(parsed.query)}
+        conn_max_age = options.pop("conn_max_age", "60").strip()
+        if not conn_max_age.isdigit():
+            raise ImproperlyConfigured(
+                f"DATABASE_URL conn_max_age must be a whole number of seconds, not {conn_max_age!r}."
+            )
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": name,
@@ -93,7 +98,8 @@ def database_from_url(url: str) -> dict:
             "PASSWORD": unquote(parsed.password or ""),
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
-            "CONN_MAX_AGE": 60,
+            # Each process keeps its connection this long (0: one per request, as Label Studio does).
+            "CONN_MAX_AGE": int(conn_max_age),
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": options,
         }

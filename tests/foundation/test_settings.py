@@ -119,6 +119,11 @@ def test_it_parses_database_urls():
     assert behind_a_pooler["OPTIONS"] == {"server_side_binding": False, "prepare_threshold": None}
     with pytest.raises(ImproperlyConfigured, match="prepare_threshold"):
         database_from_url("postgres://h/db?prepare_threshold=soon")
+    assert pg["CONN_MAX_AGE"] == 60
+    per_request = database_from_url("postgres://h/db?conn_max_age=0")
+    assert per_request["CONN_MAX_AGE"] == 0 and "conn_max_age" not in per_request["OPTIONS"]
+    with pytest.raises(ImproperlyConfigured, match="conn_max_age"):
+        database_from_url("postgres://h/db?conn_max_age=forever")
     assert database_from_url("sqlite:////tmp/x.sqlite3")["NAME"] == "/tmp/x.sqlite3"
     with pytest.raises(ImproperlyConfigured, match="mysql"):
         database_from_url("mysql://h/db")
