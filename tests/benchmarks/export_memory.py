@@ -1,13 +1,14 @@
 """Export throughput and peak memory against the number of judgments (Postgres only).
 
-    DATABASE_URL=postgres://root@127.0.0.1:5432/tandem_exports_bench \
-        .venv/bin/python tests/benchmarks/export_memory.py --rows 100000 1000000
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/tandem_exports_bench \
+        .venv/bin/python tests/benchmarks/export_memory.py [--rows 100000 1000000]
 
 For each size: creates that many judgments in Postgres server-side (INSERT ... SELECT
 generate_series: ``--per-comparison`` annotators judge each pairwise comparison), then
 exports them as TRL JSONL and as Parquet, each in a fresh subprocess that reports its
 own peak resident memory (``getrusage``) and rows/s. Peak memory must not grow with the
-row count: the last table prints each size's peak against the smallest size's.
+row count: the last table prints each size's peak against the smallest size's, so the
+default measures two sizes ten times apart. Holds the bench lock (``--lock``).
 The database named in DATABASE_URL is created if missing and its benchmark projects
 are replaced on every run.
 """
@@ -26,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.benchmarks.bench_lock import DEFAULT_LOCK, bench_lock  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 
@@ -44,7 +47,12 @@ def _ensure_database(url: str) -> None:
 
 
 def _setup() -> None:
+    import secrets
+
     import django
+
+    # Production settings (DEBUG off, as DATABASE_URL names a server): no query log grows in memory.
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
 
     django.setup()
 
@@ -180,9 +188,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000], help="Judgment counts to compare.")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="Judgment counts to compare."
+    )
     parser.add_argument("--per-comparison", type=int, default=5, help="Judgments per comparison.")
     parser.add_argument("--formats", default="trl_jsonl,parquet")
+    parser.add_argument("--lock", default=DEFAULT_LOCK, help="flock held while it measures")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL", "")
@@ -198,9 +209,17 @@ def main() -> None:
     _setup()
     from django.core.management import call_command
 
+    call_command("migrate", verbosity=0)
+    if len(args.rows) < 2:
+        print("one size only: nothing shows whether memory grows with the row count", flush=True)
+    with bench_lock(args.lock, "export"):
+        results = measure(args)
+    report(args, results)
+
+
+def measure(args) -> list[dict]:
     from training.models import Export
 
-    call_command("migrate", verbosity=0)
     results = []
     for n in args.rows:
         start = time.perf_counter()
@@ -225,6 +244,10 @@ def main() -> None:
                 f"zip {figures['zip_mb']:.0f} MiB",
                 flush=True,
             )
+    return results
+
+
+def report(args, results: list[dict]) -> None:
     smallest = min(args.rows)
     print("\npeak RSS relative to the smallest size (flat memory means about 1.0):")
     for fmt in args.formats.split(","):

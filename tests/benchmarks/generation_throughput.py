@@ -27,6 +27,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from tests.benchmarks.bench_lock import DEFAULT_LOCK, bench_lock  # noqa: E402
 from training.ml.generation import SamplingParams, encode_prompts, generate_responses, load_model  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "tests" / "artifacts" / "smollm2-135m-instruct"  # same path as the test fixture
@@ -103,10 +104,15 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument("--lock", default=DEFAULT_LOCK, help="flock held while it measures")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    with bench_lock(args.lock, "generation"):
+        return _measure(args)
 
+
+def _measure(args) -> float:
     _ensure_default_model(args.model)
     params = SamplingParams(
         temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens, seed=0, do_sample=not args.greedy

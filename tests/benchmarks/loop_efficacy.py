@@ -30,8 +30,6 @@ targets a row met. Holds ``/tmp/bench.lock`` so two benchmarks never share the c
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import sys
 import tempfile
@@ -41,20 +39,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RULES = ["longer", "shorter", "phrase:that"]
 TARGET_ACCURACY, TARGET_WIN, TARGET_CPU_MIN = 0.75, 0.75, 20.0
-
-
-@contextlib.contextmanager
-def bench_lock(path: str):
-    with open(path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for {path} (another benchmark holds the cores)...", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def setup_django(work: Path) -> None:
@@ -124,9 +108,10 @@ def print_row(label: str, seed: int, outcome, control: str | None) -> None:
 
 
 def run_one(settings, label: str, seed: int, control: str | None, work_root: Path, lock: str, verbose: bool):
+    from tests.benchmarks.bench_lock import bench_lock
     from tests.training.loop_scenario import run_loop_scenario
 
-    with bench_lock(lock):
+    with bench_lock(lock, f"{label} seed {seed}"):
         started = time.perf_counter()
         outcome = run_loop_scenario(settings, base_uri=base_checkpoint(), project_name=f"{label} seed {seed}")
     if verbose:
@@ -166,7 +151,7 @@ def main() -> None:
         default=1,
         help="torch threads (a second thread thrashes when anything else runs)",
     )
-    parser.add_argument("--lock", default="/tmp/bench.lock")
+    parser.add_argument("--lock", default="/tmp/bench.lock", help="flock held around each loop")
     parser.add_argument("--quiet", action="store_true", help="only the table")
     args = parser.parse_args()
 

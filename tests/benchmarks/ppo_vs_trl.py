@@ -320,6 +320,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lock", default="/tmp/bench.lock", help="flock held while both run")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
@@ -333,7 +334,11 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_VERBOSITY": "error",
     }
-    subprocess.run([str(python), __file__, "--inside", *sys.argv[1:]], check=True, env=env, cwd=ROOT)
+    sys.path.insert(0, str(ROOT))
+    from tests.benchmarks.bench_lock import bench_lock
+
+    with bench_lock(args.lock, "PPO against TRL"):
+        subprocess.run([str(python), __file__, "--inside", *sys.argv[1:]], check=True, env=env, cwd=ROOT)
 
 
 if __name__ == "__main__":
