@@ -1,26 +1,32 @@
 """Reward model on Anthropic HH-RLHF (harmless-base, test): held-out accuracy and pairs/s against plain TRL.
 
 Both runs train the same model (SmolLM2-135M-Instruct converted, by default) on the
-same training pairs, batch size, learning rate, max_length and precision, in the
-same process, one after the other:
+same training pairs, in the same order of batches (random, as TRL's default sampler
+draws them: ours' length grouping is off unless --group-by-length), with the same batch
+size, learning rate, max_length and precision, in the same process, one after the other:
 
-- **ours**: ``training.ml.reward.train_reward_model`` (hooks, length-grouped
-  batches, margin column, held-out evaluation by round/source);
+- **ours**: ``training.ml.reward.train_reward_model`` (hooks, margin column, held-out
+  evaluation by round/source);
 - **plain**: the documented TRL recipe, ``RewardTrainer(model=<path>,
   args=RewardConfig(...), train_dataset=<conversational prompt/chosen/rejected>)``.
+
+Both trained models are then scored by one evaluator, ``evaluate_reward_model`` (the same
+scorer, batch size and max_length, on the same held-out pairs), which gives each its
+accuracy with a 95% interval over prompts: a speed-up is only worth reporting next to the
+accuracy it kept.
 
 Throughput is training pairs / seconds spent inside ``trainer.train()`` (model
 loading, tokenisation and evaluation excluded) for both, by the wall clock and by
 this process's CPU time (steadier on a shared machine). The overhead ratio is
 plain pairs/s divided by ours (target: <= 1.05; below 1 means ours is faster).
 With ``--repeats`` the runs alternate ours/plain, plain/ours, ... and medians are
-reported.
+reported (accuracy is taken on the first pair of runs).
 
 On a CPU the whole set (1,850 training pairs, ~10 s a step) takes hours, so the
 script trains one epoch on a subset (``--max-pairs``) and caps the time
-(``--max-seconds``); it prints which. A capped run compares only a partial epoch
-(ours walks length-sorted mega-batches, so its first steps are not a random
-sample): prefer a subset that fits the budget.
+(``--max-seconds``); it prints which. A capped run compares only a partial epoch and
+leaves no model to score: prefer a subset that fits the budget. Holds the bench lock
+(``--lock``, tests/benchmarks/bench_lock.py) from the first training to the last.
 
     .venv/bin/python tests/benchmarks/reward_model_hh.py --max-pairs 96 --max-eval-pairs 64
     .venv/bin/python tests/benchmarks/reward_model_hh.py --model tests/artifacts/tiny-llama-v1 --max-pairs 400
@@ -48,8 +54,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from tests.benchmarks.bench_lock import DEFAULT_LOCK, bench_lock  # noqa: E402
 from training.ml.pairs import read_snapshot_jsonl, split_by_prompt  # noqa: E402
-from training.ml.reward import RewardModelConfig, TrainingHooks, train_reward_model  # noqa: E402
+from training.ml.reward import (  # noqa: E402
+    RewardModelConfig,
+    RewardScorer,
+    TrainingHooks,
+    evaluate_reward_model,
+    train_reward_model,
+)
 
 HH_PATH = ROOT.parent / "shared" / "datasets" / "hh-rlhf-harmless-base-test.jsonl.gz"
 DEFAULT_MODEL = ROOT / "tests" / "artifacts" / "smollm2-135m-instruct"  # same path as the test fixture
@@ -105,8 +118,16 @@ def hh_pairs(path: Path) -> tuple[list[dict], dict[str, int]]:
     return rows, skipped
 
 
-def plain_trl(train_rows: list[dict], model_path: str, config: RewardModelConfig, max_steps: int) -> dict:
-    """The documented TRL RewardTrainer recipe on the same pairs; returns pairs, seconds, pairs/s."""
+def held_out(model, tokenizer, eval_rows: list[dict], config: RewardModelConfig) -> dict:
+    """The one evaluator both sides are scored by (what train_reward_model runs after training)."""
+    scorer = RewardScorer(model, tokenizer, max_length=config.max_length)
+    return evaluate_reward_model(scorer, eval_rows, batch_size=config.eval_batch_size)
+
+
+def plain_trl(
+    train_rows: list[dict], eval_rows: list[dict], model_path: str, config: RewardModelConfig, max_steps: int
+) -> dict:
+    """The documented TRL RewardTrainer recipe on the same pairs; returns pairs, seconds, pairs/s, eval."""
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
@@ -145,6 +166,10 @@ def plain_trl(train_rows: list[dict], model_path: str, config: RewardModelConfig
         trainer.train()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         steps = trainer.state.global_step
+        capped = max_steps > 0  # stopped where ours was stopped: a partial epoch, not scored, as ours
+        evaluated = (
+            held_out(trainer.model, trainer.processing_class, eval_rows, config) if eval_rows else None
+        )
         pairs = min(
             steps * config.batch_size * config.gradient_accumulation_steps, kept * int(config.num_epochs)
         )
@@ -155,6 +180,7 @@ def plain_trl(train_rows: list[dict], model_path: str, config: RewardModelConfig
             "seconds": seconds,
             "pairs_per_s": pairs / seconds,
             "pairs_per_cpu_s": pairs / cpu_seconds,
+            "eval": None if capped else evaluated,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -176,8 +202,9 @@ def run_ours(train_rows, eval_rows, model_path: Path, config: RewardModelConfig,
         if "train_runtime" in metrics:  # logged once, as trainer.train() returns
             clock["cpu_end"] = time.process_time()
 
-    def should_stop() -> bool:
-        return "start" in clock and time.perf_counter() - clock["start"] > max_seconds
+    def should_stop() -> bool:  # the cap is on training; the evaluation after it always finishes
+        training = "start" in clock and "cpu_end" not in clock
+        return training and time.perf_counter() - clock["start"] > max_seconds
 
     out = Path(tempfile.mkdtemp(prefix="rm-hh-")) / "rm"
     try:
@@ -204,7 +231,9 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument(
-        "--no-group-by-length", action="store_true", help="ours with random batches, as plain"
+        "--group-by-length",
+        action="store_true",
+        help="ours batches pairs of similar length (its default in the product); plain cannot: batches differ",
     )
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument(
@@ -215,6 +244,7 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--lock", default=DEFAULT_LOCK, help="flock held while the models train")
     opts = parser.parse_args()
 
     import torch
@@ -245,6 +275,8 @@ def main() -> int:
         f"{len(train_all)} train / {len(eval_all)} held-out"
     )
     subset = len(train_rows) < len(train_all) or len(eval_rows) < len(eval_all)
+    batches = "ours length-grouped, plain random" if opts.group_by_length else "random on both sides"
+    print(f"batches: {opts.batch_size} pairs, {batches}")
     print(
         f"{'SUBSET' if subset else 'FULL'}: training on {len(train_rows)} pairs x {opts.epochs} epoch(s), "
         f"scoring {len(eval_rows)} held-out pairs; time cap {opts.max_seconds:.0f} s per run"
@@ -256,57 +288,67 @@ def main() -> int:
         batch_size=opts.batch_size,
         max_length=opts.max_length,
         seed=opts.seed,
-        group_by_length=not opts.no_group_by_length,
+        group_by_length=opts.group_by_length,
         logging_steps=10,
     )
     import datasets
 
     datasets.disable_progress_bars()
     rates: dict[str, list[float]] = {"ours": [], "plain": [], "ours_cpu": [], "plain_cpu": []}
+    accuracy: dict[str, dict | None] = {}
     max_steps = -1
-    for repeat in range(opts.repeats):
-        # ABBA order: on a shared machine the load drifts, and the second run of a pair would gain from it.
-        order = ["ours", "plain"] if repeat % 2 == 0 else ["plain", "ours"]
-        if opts.skip_plain:
-            order = ["ours"]
-        for which in order:
-            if which == "ours":
-                ours = run_ours(
-                    train_rows, eval_rows if repeat == 0 else [], model_path, config, opts.max_seconds
-                )
-                t = ours["train"]
-                capped = ours["status"] == "cancelled"
-                max_steps = ours["steps"] if capped else -1
-                rates["ours"].append(t["pairs_per_s"])
-                rates["ours_cpu"].append(t["pairs_per_cpu_s"])
-                print(
-                    f"[{repeat + 1}/{opts.repeats}] ours:  {t['pairs_seen']} pairs in {t['runtime_s']:.1f} s = "
-                    f"{t['pairs_per_s']:.2f} pairs/s ({t['pairs_per_cpu_s']:.2f} per CPU-s), "
-                    f"{ours['steps']}/{ours['total_steps']} steps, "
-                    f"{t['pairs_dropped_too_long']} pairs over {opts.max_length} tokens left out"
-                    + (" [STOPPED BY --max-seconds: partial epoch]" if capped else ""),
-                    flush=True,
-                )
-                if ours["eval"]:
-                    e = ours["eval"]
+    with bench_lock(opts.lock, "reward model"):
+        for repeat in range(opts.repeats):
+            # ABBA order: on a shared machine the load drifts, and the second run of a pair would gain from it.
+            order = ["ours", "plain"] if repeat % 2 == 0 else ["plain", "ours"]
+            for which in ["ours"] if opts.skip_plain else order:
+                if which == "ours":
+                    ours = run_ours(
+                        train_rows, eval_rows if repeat == 0 else [], model_path, config, opts.max_seconds
+                    )
+                    t = ours["train"]
+                    capped = ours["status"] == "cancelled"
+                    max_steps = ours["steps"] if capped else -1
+                    rates["ours"].append(t["pairs_per_s"])
+                    rates["ours_cpu"].append(t["pairs_per_cpu_s"])
+                    if repeat == 0:
+                        accuracy["ours"] = ours["eval"]
                     print(
-                        f"ours held-out: accuracy {e['accuracy']:.3f} on {e['pairs']} pairs, mean margin "
-                        f"{e['mean_margin']:+.3f}, loss {e['loss']:.4f} (ln 2 = 0.6931), learned={e['learned']}",
+                        f"[{repeat + 1}/{opts.repeats}] ours:  {t['pairs_seen']} pairs in {t['runtime_s']:.1f} s = "
+                        f"{t['pairs_per_s']:.2f} pairs/s ({t['pairs_per_cpu_s']:.2f} per CPU-s), "
+                        f"{ours['steps']}/{ours['total_steps']} steps, "
+                        f"{t['pairs_dropped_too_long']} pairs over {opts.max_length} tokens left out"
+                        + (" [STOPPED BY --max-seconds: partial epoch]" if capped else ""),
                         flush=True,
                     )
-                elif repeat == 0:
-                    print("ours held-out: not evaluated (run stopped by --max-seconds)")
-            else:
-                plain = plain_trl(train_rows, str(model_path), config, max_steps=max_steps)
-                rates["plain"].append(plain["pairs_per_s"])
-                rates["plain_cpu"].append(plain["pairs_per_cpu_s"])
-                print(
-                    f"[{repeat + 1}/{opts.repeats}] plain: {plain['pairs']} pairs in {plain['seconds']:.1f} s = "
-                    f"{plain['pairs_per_s']:.2f} pairs/s ({plain['pairs_per_cpu_s']:.2f} per CPU-s), "
-                    f"{plain['steps']} steps",
-                    flush=True,
-                )
+                else:
+                    plain = plain_trl(
+                        train_rows,
+                        eval_rows if repeat == 0 else [],
+                        str(model_path),
+                        config,
+                        max_steps=max_steps,
+                    )
+                    rates["plain"].append(plain["pairs_per_s"])
+                    rates["plain_cpu"].append(plain["pairs_per_cpu_s"])
+                    if repeat == 0:
+                        accuracy["plain"] = plain["eval"]
+                    print(
+                        f"[{repeat + 1}/{opts.repeats}] plain: {plain['pairs']} pairs in {plain['seconds']:.1f} s = "
+                        f"{plain['pairs_per_s']:.2f} pairs/s ({plain['pairs_per_cpu_s']:.2f} per CPU-s), "
+                        f"{plain['steps']} steps",
+                        flush=True,
+                    )
 
+    for side, e in accuracy.items():
+        if e is None:
+            print(f"{side:<5} held-out: not scored (training stopped by --max-seconds)")
+            continue
+        print(
+            f"{side:<5} held-out: accuracy {e['accuracy']:.3f} [{e['accuracy_lower']:.3f}, {e['accuracy_upper']:.3f}] "
+            f"on {e['pairs']} pairs ({e['prompts']} prompts), mean margin {e['mean_margin']:+.3f}, "
+            f"loss {e['loss']:.4f} (ln 2 = 0.6931), learned={e['learned']}"
+        )
     med = {k: statistics.median(v) for k, v in rates.items() if v}
     print(f"ours training throughput: {med['ours']:.2f} pairs/s, {med['ours_cpu']:.2f} pairs/CPU-s (medians)")
     if "plain" in med:
