@@ -33,7 +33,9 @@ def rule_scorer(rule: str, round: Round) -> Callable[[Response], float]:
     """A score per response (higher is preferred) for a rule given as text.
 
     ``shorter``: fewer characters wins. ``longer``: the opposite.
-    ``phrase:<text>``: containing the phrase wins (case-insensitive), shorter breaks ties.
+    ``phrase:<text>``: containing the phrase wins (case-insensitive); two answers that both
+    contain it, or both do not, score the same (a tie where the project allows ties), so the
+    rule says nothing about length: a rule about content alone.
     ``reward-model:<path>``: the reward model's score (loads torch; scores the round once).
     """
     if rule == "shorter":
@@ -44,7 +46,7 @@ def rule_scorer(rule: str, round: Round) -> Callable[[Response], float]:
         phrase = rule.removeprefix("phrase:").lower()
         if not phrase:
             raise ValueError("phrase: needs the phrase, e.g. phrase:thank you")
-        return lambda response: (phrase in response.text.lower()) * 1e6 - len(response.text)
+        return lambda response: float(phrase in response.text.lower())
     if rule.startswith("reward-model:"):
         return _reward_model_scorer(rule.removeprefix("reward-model:"), round)
     raise ValueError(f"Unknown rule {rule!r}: use shorter, longer, phrase:<text> or reward-model:<path>.")

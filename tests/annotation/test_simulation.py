@@ -45,6 +45,18 @@ def test_it_follows_a_phrase_rule(db):
         assert "Thank you" in Response.objects.get(pk=judgment.ranking[0][0]).text
 
 
+def test_a_phrase_rule_ties_answers_that_agree_on_it_whatever_their_length(db):
+    project = make_project("Phrases, K-wise", k=4)
+    texts = ["Thanks.", "Thanks, and here is a much longer answer.", "No.", "A long answer without it."]
+    round = make_round(project, 2, texts=texts)
+
+    simulate_round(round=round, annotators=1, rule="phrase:thanks")
+
+    for judgment in Judgment.objects.filter(comparison__round=round):
+        groups = [sorted(Response.objects.get(pk=pk).text for pk in group) for group in judgment.ranking]
+        assert groups == [sorted(texts[:2]), sorted(texts[2:])]  # two tied groups: length says nothing
+
+
 def test_the_command_reports_bad_rules_and_missing_rounds(round_with_lengths):
     name = round_with_lengths.project.name
     with pytest.raises(CommandError, match="Unknown rule"):
