@@ -1,6 +1,7 @@
 """Load test of annotation over HTTP on the real stack, then a check that nothing was lost.
 
     .venv/bin/python tests/benchmarks/annotate_http.py [--seconds 30] [--mode crowd|closed|both]
+        [--connections persistent|per-request|both] [--label-studio-per-s X | --issue-baseline]
 
 Brings up what a deployment runs, on this machine: gunicorn with production settings
 (DEBUG off, collected static files) on PostgreSQL, a Celery worker on Redis, then drives
@@ -13,10 +14,24 @@ round trip is "submit + next", and its latency is what the table reports.
 Modes:
   crowd   200 annotators, each reading an item for 2 s before judging it (the first one
           too: nobody judges what they have not read). Target: p95 < 100 ms, no errors.
-  closed  100 annotators with no pause: the most the server takes. Target: >= 150 judgments/s
-          (10x Label Studio 1.23 on these 2 cores: 15.5/s at 10 clients, 11.7/s at 100).
-          The host's speed drifts from day to day: label_studio_http.py measures Label Studio
-          here, now, and --label-studio-per-s takes its 100-client figure for the ratio.
+  closed  100 annotators with no pause: the most the server takes. Target: 10x Label Studio
+          1.23 on the same machine (issue #9 took 11.7/s at 100 clients on these 2 cores).
+          The host's speed drifts from day to day, so by default this run then measures
+          Label Studio itself (label_studio_http.py at 100 clients, same client, same
+          seconds, its database vacuumed after seeding as ours is) and takes those figures;
+          --label-studio-per-s gives one measured earlier, --issue-baseline takes 11.7/s
+          (both per-request figures, used for every row).
+
+Each mode runs twice (--connections): with Tandem's persistent database connections (as
+shipped: each gunicorn process keeps one for 60 s) and with one connection per request
+(?conn_max_age=0), as Label Studio ships; Label Studio is measured both ways too (a copy of
+its settings module gives it persistent connections), and each closed-loop row's ratio is to
+Label Studio at the same policy. Tandem's table is printed before Label Studio is measured.
+Every seed and load run holds the bench lock (--lock). Beside judgments/s the table gives
+requests/s (Tandem: one request per judgment, the answer carries the next item; Label
+Studio: two, next and submit) and the CPU each judgment cost the web server, all of
+PostgreSQL (its whole process tree, backends that came and went included), the client and
+anything else.
 
 --history N gives every annotator N judgments in an earlier round of the project first, as
 after weeks of work: what an annotator did before must not make each of their pages dearer.
@@ -38,6 +53,7 @@ import asyncio
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +64,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from tests.benchmarks.bench_lock import DEFAULT_LOCK, bench_lock  # noqa: E402
+from tests.benchmarks.http_load import (  # noqa: E402
+    http_request,
+    machine_busy_seconds,
+    percentile_ms,
+    postgres_pid,
+    tree_cpu_seconds,
+    wait_until_up,
+)
 
 PROJECT = "HTTP load benchmark"
 LABEL_STUDIO_PER_S = {10: 15.5, 100: 11.7}  # Label Studio 1.23, same 2 cores, Postgres + uWSGI (issue #9)
@@ -169,45 +194,12 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)  # client ids the server said it saved
     sent: list[str] = field(default_factory=list)
+    requests: int = 0  # every request sent: the first page and each submit
     errors: dict[str, int] = field(default_factory=dict)
     on_screen: dict[int, int] = field(default_factory=dict)  # annotator index -> comparison id shown last
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
-
-
-async def http_request(
-    port: int, method: str, path: str, headers: str, body: bytes = b"", content_type: str = ""
-) -> tuple[int, bytes]:
-    """One HTTP/1.1 request on a fresh connection (closed after the answer): the client of this
-    benchmark and of label_studio_http.py, so both servers are driven the same way.
-    ``headers``: extra header lines, each ending in CRLF."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{headers}"
-    if body:
-        head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(head.encode() + b"\r\n" + body)
-        raw = await reader.read(-1)
-    finally:
-        writer.close()
-    status_line, _, rest = raw.partition(b"\r\n")
-    response_headers, _, payload = rest.partition(b"\r\n\r\n")
-    if b"transfer-encoding: chunked" in response_headers.lower():
-        payload = _dechunk(payload)
-    return int(status_line.split()[1]), payload
-
-
-def _dechunk(payload: bytes) -> bytes:
-    chunks = []
-    while payload:
-        size, _, payload = payload.partition(b"\r\n")
-        n = int(size.split(b";")[0], 16)
-        if n == 0:
-            break
-        chunks.append(payload[:n])
-        payload = payload[n + 2 :]
-    return b"".join(chunks)
 
 
 async def _request(port: int, method: str, path: str, session: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -219,6 +211,7 @@ async def _request(port: int, method: str, path: str, session: str, body: bytes 
 async def _annotator(
     index: int, port: int, round_id: int, session: str, stop_at: float, pause: float, tally: Tally
 ):
+    tally.requests += 1
     status, page = await _request(port, "GET", f"/annotate/round/{round_id}/", session)
     if status != 200:
         tally.error(f"GET {status}")
@@ -237,6 +230,7 @@ async def _annotator(
         form = f"client_id={client}&order={order.group(1).decode()}&choice=a_slight&time_spent_ms=1500"
         tally.sent.append(client)
         started = time.monotonic()
+        tally.requests += 1
         try:
             status, answer = await _request(port, "POST", action.group(1).decode(), session, form.encode())
         except OSError as exc:
@@ -338,26 +332,6 @@ def _check_database(round_id: int, tally: Tally, usernames: list[str]) -> list[s
 # --- the stack ---------------------------------------------------------------------------
 
 
-def wait_until_up(
-    url: str, what: str, *, server: subprocess.Popen | None = None, timeout: float = 60
-) -> None:
-    """Poll ``url`` until it answers 200 (this benchmark's and label_studio_http.py's servers);
-    fail at once if ``server`` exits instead."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server is not None and server.poll() is not None:
-            raise RuntimeError(f"{what} exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{what} did not come up")
-
-
 def _start(cmd: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
 
@@ -370,40 +344,127 @@ def _stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
-def _cpu_seconds(pids) -> float:
-    import psutil
+# How gunicorn's processes hold their database connections. Tandem keeps each for 60 s (one
+# connection per process); Label Studio ships opening one per request.
+CONNECTIONS = {"persistent": "", "per-request": "conn_max_age=0"}
 
-    total = 0.0
-    for pid in pids:
+
+def _with_connections(database_url: str, connections: str) -> str:
+    extra = CONNECTIONS[connections]
+    if not extra:
+        return database_url
+    return database_url + ("&" if "?" in database_url else "?") + extra
+
+
+def _run_mode(args, env: dict, name: str, clients: int, pause: float, connections: str) -> dict:
+    """Seed, serve with gunicorn, drive ``clients`` for ``args.seconds``, check the database."""
+    server_env = {**env, "DATABASE_URL": _with_connections(args.database_url, connections)}
+    with bench_lock(args.lock, f"{name}, {connections} connections"):
+        round_id, sessions = _seed(args.comparisons, clients, overlap=3, history=args.history)
+        server = _start(
+            [sys.executable, "-m", "gunicorn", "webapp.wsgi", "-w", str(args.workers), "-b", f"127.0.0.1:{args.port}",
+             "--backlog", "2048", "--log-level", "warning"],
+            server_env,
+        )  # fmt: skip
         try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
+            wait_until_up(f"http://127.0.0.1:{args.port}/healthz", "gunicorn", server=server)
+            # CPU spent per judgment by each part, counted as label_studio_http.py counts it:
+            # what the figures would be on idle cores.
+            postgres = postgres_pid(args.database_url)
+            web_before, db_before = tree_cpu_seconds(server.pid), tree_cpu_seconds(postgres)
+            busy_before, client_before = machine_busy_seconds(), time.process_time()
+            tally, elapsed = asyncio.run(_drive(args.port, round_id, sessions, args.seconds, pause))
+            cpu = {
+                "web": tree_cpu_seconds(server.pid) - web_before,
+                "database": tree_cpu_seconds(postgres) - db_before,  # all of PostgreSQL, as for Label Studio
+                "client": time.process_time() - client_before,
+            }
+            # Whatever else ran meanwhile (the worker, or what does not take the lock).
+            cpu["other"] = max(0.0, machine_busy_seconds() - busy_before - sum(cpu.values()))
+        finally:
+            _stop(server)
+    problems = _check_database(round_id, tally, [f"load-{i}" for i in range(clients)])
+    return {
+        "name": name,
+        "connections": connections,
+        "clients": clients,
+        "pause": pause,
+        "tally": tally,
+        "elapsed": elapsed,
+        "cpu": cpu,
+        "problems": problems,
+    }
 
 
-def _web_pids(server: subprocess.Popen) -> list[int]:
-    import psutil
+def _label_studio_baseline(args, policies: list[str]) -> tuple[dict[str, float], str]:
+    """Label Studio's annotations/s at 100 clients for each connection policy, and their source."""
+    if args.label_studio_per_s is not None:
+        return dict.fromkeys(policies, args.label_studio_per_s), "given by --label-studio-per-s, per request"
+    if args.issue_baseline:
+        issue_figure = LABEL_STUDIO_PER_S[100]
+        return dict.fromkeys(policies, issue_figure), "issue #9's figure, per request, not this run"
+    from tests.benchmarks import label_studio_http
 
-    return [server.pid] + [child.pid for child in psutil.Process(server.pid).children(recursive=True)]
+    options = label_studio_http.parser().parse_args(
+        ["--clients", "100", "--seconds", str(args.seconds), "--lock", args.lock]
+        + ["--connections", policies[0] if len(policies) == 1 else "both"]
+    )
+    server_kind, rows = label_studio_http.measure(options)
+    label_studio_http.report(options, server_kind, rows)
+    problems = [p for row in rows for p in row["problems"]]
+    if problems:
+        sys.exit("FAILED: Label Studio: " + "; ".join(problems))
+    measured = {row["connections"]: row["tally"].accepted / row["elapsed"] for row in rows}
+    return measured, "measured in this run"
 
 
-def _database_pids(database_url: str) -> list[int]:
-    import psutil
-    import psycopg
+def _report(args, rows: list[dict]) -> None:
+    load = os.getloadavg()[0]
+    print(
+        f"\ngunicorn {args.workers} sync workers, production settings, PostgreSQL, Celery worker on Redis; "
+        f"{os.cpu_count()} CPUs, load average {load:.1f}; {args.seconds:.0f} s per mode; a new connection per request"
+        + (f"; each annotator with {args.history} earlier judgments" if args.history else "")
+    )
+    print(
+        f"{'mode':<7} {'db connections':<14} {'clients':>7} {'pause':>5} {'judgments':>9} {'per s':>7} "
+        f"{'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>7}  database"
+    )
+    for row in rows:
+        tally, elapsed = row["tally"], row["elapsed"]
+        n, latencies = len(tally.acknowledged), tally.latencies
+        check = (
+            "; ".join(row["problems"])
+            or "every acknowledged judgment stored once, overlap kept, no dangling lease"
+        )
+        print(
+            f"{row['name']:<7} {row['connections']:<14} {row['clients']:>7} {row['pause']:>4.0f}s {n:>9} "
+            f"{n / elapsed:>7.1f} {tally.requests / elapsed:>7.1f} {percentile_ms(latencies, 0.5):>7.0f} "
+            f"{percentile_ms(latencies, 0.95):>7.0f} {percentile_ms(latencies, 0.99):>7.0f} "
+            f"{100 * sum(tally.errors.values()) / max(1, tally.requests):>6.2f}%  {check}"
+        )
+        if tally.errors:
+            print(f"        errors: {tally.errors}")
+        if n:
+            cpu = row["cpu"]
+            parts = ", ".join(f"{part} {1000 * seconds / n:.1f}" for part, seconds in cpu.items())
+            server_ms = 1000 * (cpu["web"] + cpu["database"]) / n
+            print(
+                f"        CPU per judgment (ms): {parts}; the server's share alone would take "
+                f"{1000 * (os.cpu_count() or 1) / server_ms:.0f} judgments/s on {os.cpu_count()} idle cores"
+            )
+        if row["cpu"]["other"] / (elapsed * (os.cpu_count() or 1)) > 0.05:
+            print("        WARNING: other processes took over 5% of the CPUs during this run")
 
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        name = database_url.rsplit("/", 1)[1]
-        pids = [row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [name])]
-        mine = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    return [pid for pid in pids if pid != mine and psutil.pid_exists(pid)]
 
-
-def percentile_ms(values: list[float], q: float) -> float:
-    """The ``q`` quantile of latencies in seconds, in milliseconds (NaN when there are none)."""
-    values = sorted(values)
-    return 1000 * values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+def _report_ratios(rows: list[dict], baseline: dict[str, float], source: str) -> None:
+    print("\nclosed loop, 100 clients: Tandem against Label Studio 1.23 at the same connection policy")
+    for row in (row for row in rows if row["name"] == "closed"):
+        per_s = len(row["tally"].acknowledged) / row["elapsed"]
+        against = baseline[row["connections"]]
+        print(
+            f"  {row['connections']:<12} Tandem {per_s:6.1f}/s, Label Studio {against:5.1f}/s ({source}): "
+            f"{per_s / against:.1f}x (target 10x)"
+        )
 
 
 def main() -> None:
@@ -412,17 +473,27 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=30, help="how long each mode runs")
     parser.add_argument("--mode", choices=["crowd", "closed", "both"], default="both")
+    parser.add_argument(
+        "--connections",
+        choices=[*CONNECTIONS, "both"],
+        default="both",
+        help="Tandem's database connections: persistent (as shipped), per-request (as Label Studio), both",
+    )
     # One worker per core plus one: on 2 cores 3 took the most (closed loop, 15-20 s runs:
     # 2 -> 136/s, 3 -> 141-156/s, 4 -> 121-144/s, 5 -> 128-140/s, 8 -> 109/s); each more process
     # costs every request CPU in cache misses and switches.
     parser.add_argument("--workers", type=int, default=(os.cpu_count() or 1) + 1, help="gunicorn workers")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument(
+    baseline = parser.add_mutually_exclusive_group()
+    baseline.add_argument(
         "--label-studio-per-s",
         type=float,
-        default=LABEL_STUDIO_PER_S[100],
-        help="Label Studio's annotations/s at 100 clients for the ratio: label_studio_http.py's figure "
-        f"on this machine (default: issue #9's {LABEL_STUDIO_PER_S[100]}/s)",
+        help="Label Studio's annotations/s at 100 clients, measured earlier: skips measuring it in this run",
+    )
+    baseline.add_argument(
+        "--issue-baseline",
+        action="store_true",
+        help=f"take issue #9's {LABEL_STUDIO_PER_S[100]}/s instead of measuring Label Studio in this run",
     )
     parser.add_argument("--comparisons", type=int, default=6000)
     parser.add_argument(
@@ -431,6 +502,7 @@ def main() -> None:
         default=0,
         help="judgments each annotator made in an earlier round before this run (default 0: a fresh start)",
     )
+    parser.add_argument("--lock", default=DEFAULT_LOCK, help="flock held around each seed and load run")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tandem_load_bench"),
@@ -442,6 +514,7 @@ def main() -> None:
     if not args.database_url.startswith("postgres"):
         sys.exit("--database-url must name a PostgreSQL database (it is created if missing).")
     _ensure_database(args.database_url)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # servers stop as on Ctrl-C
 
     static_root = tempfile.mkdtemp(prefix="tandem-static-")
     env = _production_env(args, static_root)
@@ -456,96 +529,21 @@ def main() -> None:
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
     )
     worker = _start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "webapp",
-            "worker",
-            "-Q",
-            "default",
-            "-c",
-            "1",
-            "--loglevel",
-            "WARNING",
-        ],
+        [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "default", "-c", "1", "--loglevel", "WARNING"],
         env,
-    )
+    )  # fmt: skip
 
     modes = {"crowd": (200, 2.0), "closed": (100, 0.0)}
     chosen = list(modes) if args.mode == "both" else [args.mode]
-    rows, failures = [], []
+    policies = list(CONNECTIONS) if args.connections == "both" else [args.connections]
     try:
-        for name in chosen:
-            clients, pause = modes[name]
-            round_id, sessions = _seed(args.comparisons, clients, overlap=3, history=args.history)
-            server = _start(
-                [sys.executable, "-m", "gunicorn", "webapp.wsgi", "-w", str(args.workers), "-b", f"127.0.0.1:{args.port}",
-                 "--backlog", "2048", "--log-level", "warning"],
-                env,
-            )  # fmt: skip
-            try:
-                wait_until_up(f"http://127.0.0.1:{args.port}/healthz", "gunicorn", server=server)
-                # CPU spent per judgment by each part: what the figures would be on idle cores.
-                web_before = _cpu_seconds(_web_pids(server))
-                db_before = {pid: _cpu_seconds([pid]) for pid in _database_pids(args.database_url)}
-                client_before = time.process_time()
-                tally, elapsed = asyncio.run(_drive(args.port, round_id, sessions, args.seconds, pause))
-                cpu = {
-                    "web": _cpu_seconds(_web_pids(server)) - web_before,
-                    "database": sum(
-                        _cpu_seconds([pid]) - db_before.get(pid, 0.0)
-                        for pid in _database_pids(args.database_url)
-                    ),
-                    "client": time.process_time() - client_before,
-                }
-            finally:
-                _stop(server)
-            problems = _check_database(round_id, tally, [f"load-{i}" for i in range(clients)])
-            failures += [f"{name}: {p}" for p in problems]
-            latencies = tally.latencies
-            requests = len(latencies) + sum(tally.errors.values())
-            rows.append(
-                (name, clients, pause, len(tally.acknowledged), len(tally.acknowledged) / elapsed,
-                 percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.95), percentile_ms(latencies, 0.99),
-                 100 * sum(tally.errors.values()) / max(1, requests), tally.errors, problems, cpu)
-            )  # fmt: skip
+        rows = [_run_mode(args, env, name, *modes[name], policy) for name in chosen for policy in policies]
     finally:
         _stop(worker)
-
-    load = os.getloadavg()[0]
-    print(
-        f"\ngunicorn {args.workers} sync workers, production settings, PostgreSQL, Celery worker on Redis; "
-        f"{os.cpu_count()} CPUs, load average {load:.1f}; {args.seconds:.0f} s per mode; a new connection per request"
-        + (f"; each annotator with {args.history} earlier judgments" if args.history else "")
-    )
-    print(
-        f"{'mode':<7} {'clients':>7} {'pause':>5} {'judgments':>9} {'per s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>7}  database"
-    )
-    for name, clients, pause, n, per_s, p50, p95, p99, error_pct, errors, problems, cpu in rows:
-        check = (
-            "; ".join(problems) or "every acknowledged judgment stored once, overlap kept, no dangling lease"
-        )
-        print(
-            f"{name:<7} {clients:>7} {pause:>4.0f}s {n:>9} {per_s:>7.1f} {p50:>7.0f} {p95:>7.0f} {p99:>7.0f} {error_pct:>6.2f}%  {check}"
-        )
-        if errors:
-            print(f"        errors: {errors}")
-        if n:
-            parts = ", ".join(f"{part} {1000 * seconds / n:.1f}" for part, seconds in cpu.items())
-            server_ms = 1000 * (cpu["web"] + cpu["database"]) / n
-            print(
-                f"        CPU per judgment (ms): {parts}; the server's share alone would take "
-                f"{1000 * (os.cpu_count() or 1) / server_ms:.0f} judgments/s on {os.cpu_count()} idle cores"
-            )
-        if name == "closed":
-            baseline = args.label_studio_per_s
-            source = "issue #9" if baseline == LABEL_STUDIO_PER_S[100] else "measured here"
-            print(
-                f"        vs Label Studio 1.23 at 100 clients ({baseline}/s, {source}): "
-                f"{per_s / baseline:.1f}x (target 10x)"
-            )
+    _report(args, rows)
+    if "closed" in chosen:  # the baseline after Tandem's runs, its worker stopped: nothing of ours is running
+        _report_ratios(rows, *_label_studio_baseline(args, policies))
+    failures = [f"{row['name']} ({row['connections']}): {p}" for row in rows for p in row["problems"]]
     if failures:
         sys.exit("FAILED: " + "; ".join(failures))
 

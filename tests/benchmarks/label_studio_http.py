@@ -12,8 +12,8 @@ so this measures Label Studio here, in the same session as annotate_http.py, the
   each, lazy apps, thunder lock, uWSGI's own HTTP router in front; no nginx), or by gunicorn
   with the same processes when uWSGI does not build here (the header says which).
 - Its own PostgreSQL database (--database-url, default
-  postgres://postgres@127.0.0.1:5432/label_studio_bench, created if missing, migrated),
-  production settings (core.settings.label_studio, DEBUG off; Sentry off: no internet).
+  postgres://postgres@127.0.0.1:5432/label_studio_bench, created if missing, migrated; after
+  each seeding VACUUM ANALYZE, as annotate_http.py does for Tandem), production settings (core.settings.label_studio, DEBUG off; Sentry off: no internet).
 - A pairwise project (<Pairwise> over two texts, as in its "Human Preference collection for
   RLHF" template) with as many tasks as annotate_http.py has comparisons (6,000, imported
   through its import API; --tasks) and 3 annotations per task, as there; one annotator account
@@ -34,6 +34,11 @@ every run; the annotator accounts are reused.
 The machine is shared with other timings: every CPU-heavy step (pip, migrations, seeding,
 each load run) holds an exclusive flock on /tmp/bench.lock (--lock). Every process started
 here is stopped on exit, Ctrl-C included.
+
+--connections persistent runs it with each process keeping its database connection for 60 s
+(a copy of its production settings module with that added), as Tandem does; --connections both
+runs each. annotate_http.py runs this at 100 clients with both, by default, in the same run
+as Tandem's closed loop, and takes each figure as the baseline at the same policy.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -53,9 +57,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.benchmarks.annotate_http import (  # noqa: E402 - the same client drives both
+from tests.benchmarks.bench_lock import DEFAULT_LOCK, bench_lock  # noqa: E402
+from tests.benchmarks.http_load import (  # noqa: E402
     http_request,
+    machine_busy_seconds,
     percentile_ms,
+    postgres_pid,
+    tree_cpu_seconds,
     wait_until_up,
 )
 
@@ -80,21 +88,6 @@ ANSWER = "Recursion is when a function calls itself.\n\n```python\ndef f(n):\n  
 # --- setting Label Studio up -------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: str, what: str):
-    """Hold the machine-wide benchmark lock: nothing else CPU-heavy runs meanwhile."""
-    with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"[{what}] waiting for {lock_path} ...", file=sys.stderr, flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _installed_version(venv: Path) -> str | None:
     python = venv / "bin" / "python"
     if not python.exists():
@@ -116,19 +109,19 @@ def _ensure_label_studio(venv: Path, lock: str, server: str) -> str:
         )
         if not (venv / "bin" / "python").exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        with _exclusive(lock, "pip"):
+        with bench_lock(lock, "pip"):
             subprocess.run(pip + [f"label-studio=={VERSION}"], check=True)
     if server != "gunicorn":
         if (venv / "bin" / "uwsgi").exists():
             return "uwsgi"
-        with _exclusive(lock, "pip"):
+        with bench_lock(lock, "pip"):
             if subprocess.run(pip + ["uwsgi"]).returncode == 0:  # builds from source: needs a C compiler
                 return "uwsgi"
         if server == "uwsgi":
             sys.exit("uWSGI did not build here (try --server gunicorn)")
         print("uWSGI did not build here: falling back to gunicorn", file=sys.stderr, flush=True)
     if not (venv / "bin" / "gunicorn").exists():
-        with _exclusive(lock, "pip"):
+        with bench_lock(lock, "pip"):
             subprocess.run(pip + ["gunicorn"], check=True)
     return "gunicorn"
 
@@ -157,12 +150,44 @@ def _ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+# Label Studio opens a database connection per request (Django's CONN_MAX_AGE 0, and no
+# setting changes it). For a run with persistent connections, as Tandem's, its production
+# settings module is copied with these lines added (a copy, not a module importing it: the
+# settings module is read by Sentry's set-up while it is still being imported).
+PERSISTENT_CONNECTIONS = """
+
+# Added by Tandem's benchmark: each process keeps its database connection for 60 s.
+DATABASES["default"]["CONN_MAX_AGE"] = 60
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+"""
+
+
+def _with_connections(env: dict, connections: str, package_dir: Path, data_dir: Path) -> dict:
+    """``env`` for a run with ``connections``: "per-request" (as shipped) or "persistent"."""
+    if connections == "per-request":
+        return env
+    shipped = package_dir / "core" / "settings" / "label_studio.py"
+    module = data_dir / "tandem_bench_persistent_connections.py"
+    module.parent.mkdir(parents=True, exist_ok=True)
+    module.write_text(shipped.read_text() + PERSISTENT_CONNECTIONS)
+    return {
+        **env,
+        "DJANGO_SETTINGS_MODULE": module.stem,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(data_dir), env.get("PYTHONPATH")])),
+    }
+
+
+TANDEM_ONLY = {"ALLOWED_HOSTS", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "STATIC_ROOT", "LOG_LEVEL"}
+
+
 def _label_studio_env(database_url: str, package_dir: Path, data_dir: Path) -> dict:
     from urllib.parse import urlsplit
 
     url = urlsplit(database_url)
+    # Not what annotate_http.py set for Tandem in this process (ALLOWED_HOSTS, SECRET_KEY, ...).
+    inherited = {k: v for k, v in os.environ.items() if k not in TANDEM_ONLY}
     return {
-        **os.environ,
+        **inherited,
         "DJANGO_SETTINGS_MODULE": "core.settings.label_studio",  # as its Docker image sets
         "DJANGO_DB": "default",  # PostgreSQL, from the POSTGRE_* variables
         "POSTGRE_NAME": url.path.lstrip("/"),
@@ -181,7 +206,7 @@ def _label_studio_env(database_url: str, package_dir: Path, data_dir: Path) -> d
 
 
 def _migrate(venv: Path, package_dir: Path, env: dict, lock: str) -> None:
-    with _exclusive(lock, "migrate"):
+    with bench_lock(lock, "migrate"):
         subprocess.run(
             [venv / "bin" / "python", "manage.py", "migrate", "-v", "0"], cwd=package_dir, env=env, check=True
         )
@@ -189,7 +214,7 @@ def _migrate(venv: Path, package_dir: Path, env: dict, lock: str) -> None:
 
 def _seed(venv: Path, package_dir: Path, env: dict, lock: str, tasks: int, users: int, overlap: int) -> dict:
     """Run _seed_inside in Label Studio's interpreter: {"project": id, "tokens": [...]}."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out, _exclusive(lock, "seed"):
+    with tempfile.NamedTemporaryFile(suffix=".json") as out, bench_lock(lock, "seed"):
         spec = json.dumps({"tasks": tasks, "users": users, "overlap": overlap, "out": out.name})
         subprocess.run(
             [venv / "bin" / "python", __file__, "--seed-inside-label-studio", spec],
@@ -305,6 +330,7 @@ class Tally:
     cycles: list[float] = field(default_factory=list)  # next + submit, for every answered submit
     submits: list[float] = field(default_factory=list)
     accepted: int = 0
+    requests: int = 0  # every request sent: next and submit
     exhausted: int = 0  # clients the labeling stream had nothing more for
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -321,6 +347,7 @@ async def _annotator(port: int, project: int, token: str, stop_at: float, tally:
     while time.monotonic() < stop_at:
         started = time.monotonic()
         try:
+            tally.requests += 1
             status, answer = await _request(port, "GET", f"/api/projects/{project}/next", token)
             if status == 404:
                 tally.exhausted += 1
@@ -331,6 +358,7 @@ async def _annotator(port: int, project: int, token: str, stop_at: float, tally:
             task = json.loads(answer)["id"]
             body = json.dumps({"result": RESULT, "lead_time": 1.5, "project": project}).encode()
             submitted = time.monotonic()
+            tally.requests += 1
             status, _ = await _request(
                 port, "POST", f"/api/tasks/{task}/annotations/?project={project}", token, body
             )
@@ -371,11 +399,11 @@ async def _drive(
 # --- the database ------------------------------------------------------------------------
 
 
-def _analyze(database_url: str) -> None:
+def _analyze(database_url: str, *, vacuum: bool = False) -> None:
     import psycopg
 
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("ANALYZE")
+        conn.execute("VACUUM ANALYZE" if vacuum else "ANALYZE")
 
 
 def _check_database(database_url: str, project: int, tally: Tally, overlap: int) -> list[str]:
@@ -406,38 +434,6 @@ def _check_database(database_url: str, project: int, tally: Tally, overlap: int)
     return problems
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and all its descendants, the ones already gone included."""
-    import psutil
-
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()  # children_*: descendants it has reaped
-            total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
-def _machine_busy() -> float:
-    """CPU seconds all processes on this machine have spent (not idle, not waiting on disk)."""
-    import psutil
-
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
-def _postgres_pid(database_url: str) -> int:
-    """The postmaster. Label Studio opens a connection per request (CONN_MAX_AGE 0), so the
-    database's CPU is its whole tree's, the backends that came and went included."""
-    import psutil
-    import psycopg
-
-    with psycopg.connect(database_url) as conn:
-        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    return psutil.Process(backend).ppid()
-
-
 async def _warm_up(port: int, token: str, processes: int) -> None:
     """Every worker has served a request (lazy apps: each loads Label Studio after the fork)."""
     for _ in range(3):
@@ -447,36 +443,40 @@ async def _warm_up(port: int, token: str, processes: int) -> None:
 # --- the run -----------------------------------------------------------------------------
 
 
-def _run(args, server_kind: str, venv: Path, package_dir: Path, env: dict, clients: int) -> dict:
+def _run(
+    args, server_kind: str, venv: Path, package_dir: Path, env: dict, clients: int, connections: str
+) -> dict:
     print(f"seeding {args.tasks} tasks and {clients} annotators ...", file=sys.stderr, flush=True)
     seeded = _seed(venv, package_dir, env, args.lock, args.tasks, clients, args.overlap)
     project, tokens = seeded["project"], seeded["tokens"]
-    _analyze(args.database_url)  # as autovacuum would shortly after a big import
+    # As annotate_http.py does for Tandem after seeding: the last run's deleted project gone, statistics fresh.
+    _analyze(args.database_url, vacuum=True)
     cmd = _server_command(server_kind, venv, package_dir, args.port, args.processes, args.threads)
-    with _exclusive(args.lock, f"load {clients} clients"):
+    with bench_lock(args.lock, f"load {clients} clients"):
         print(f"starting {server_kind} (its log: {args.log}) ...", file=sys.stderr, flush=True)
         server = _start(cmd, package_dir, env, args.log)
         try:
             wait_until_up(f"http://127.0.0.1:{args.port}/health/", "Label Studio", server=server, timeout=120)
             asyncio.run(_warm_up(args.port, tokens[0], args.processes))
-            postgres = _postgres_pid(args.database_url)
-            web_before, db_before = _tree_cpu(server.pid), _tree_cpu(postgres)
-            busy_before, client_before = _machine_busy(), time.process_time()
+            postgres = postgres_pid(args.database_url)
+            web_before, db_before = tree_cpu_seconds(server.pid), tree_cpu_seconds(postgres)
+            busy_before, client_before = machine_busy_seconds(), time.process_time()
             print(
                 f"driving it with {clients} clients for {args.seconds:.0f} s ...", file=sys.stderr, flush=True
             )
             tally, elapsed = asyncio.run(_drive(args.port, project, tokens, args.seconds, args.database_url))
             cpu = {
-                "web": _tree_cpu(server.pid) - web_before,
-                "database": _tree_cpu(postgres) - db_before,
+                "web": tree_cpu_seconds(server.pid) - web_before,
+                "database": tree_cpu_seconds(postgres) - db_before,
                 "client": time.process_time() - client_before,
             }
             # Whatever else ran meanwhile (the lock only keeps out those who take it).
-            cpu["other"] = max(0.0, _machine_busy() - busy_before - sum(cpu.values()))
+            cpu["other"] = max(0.0, machine_busy_seconds() - busy_before - sum(cpu.values()))
         finally:
             _stop(server)
     return {
         "clients": clients,
+        "connections": connections,
         "tally": tally,
         "elapsed": elapsed,
         "cpu": cpu,
@@ -484,7 +484,7 @@ def _run(args, server_kind: str, venv: Path, package_dir: Path, env: dict, clien
     }
 
 
-def _report(args, server_kind: str, rows: list[dict]) -> None:
+def report(args, server_kind: str, rows: list[dict]) -> None:
     threads = f"{args.threads} thread{'s' if args.threads > 1 else ''} each"
     why = "--server gunicorn" if args.server == "gunicorn" else "NOT its uWSGI: uWSGI did not build here"
     how = {
@@ -493,20 +493,23 @@ def _report(args, server_kind: str, rows: list[dict]) -> None:
     }[server_kind]
     print(
         f"\nLabel Studio {VERSION}, {how}, production settings, PostgreSQL; {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}; {args.seconds:.0f} s per run; a new connection per request"
+        f"load average {os.getloadavg()[0]:.1f}; {args.seconds:.0f} s per run; a new HTTP connection per request"
     )
     print(
-        f"{'clients':>7} {'accepted':>8} {'per s':>6}   {'next+submit p50/p95/p99 ms':>26}   "
+        f"{'clients':>7} {'db connections':<14} {'accepted':>8} {'per s':>6} {'req/s':>6}   "
+        f"{'next+submit p50/p95/p99 ms':>26}   "
         f"{'submit p50/p95/p99 ms':>21} {'errors':>7}  database"
     )
     for row in rows:
         tally, n = row["tally"], row["tally"].accepted
-        requests = len(tally.cycles) + sum(tally.errors.values())
+        requests = tally.requests  # two per annotation (next, submit), and the failed ones
         cycle = "/".join(f"{percentile_ms(tally.cycles, q):.0f}" for q in (0.5, 0.95, 0.99))
         submit = "/".join(f"{percentile_ms(tally.submits, q):.0f}" for q in (0.5, 0.95, 0.99))
         check = "; ".join(row["problems"]) or "every accepted annotation stored once"
         print(
-            f"{row['clients']:>7} {n:>8} {n / row['elapsed']:>6.1f}   {cycle:>26}   {submit:>21} "
+            f"{row['clients']:>7} {row['connections']:<14} {n:>8} {n / row['elapsed']:>6.1f} "
+            f"{requests / row['elapsed']:>6.1f}   "
+            f"{cycle:>26}   {submit:>21} "
             f"{100 * sum(tally.errors.values()) / max(1, requests):>6.2f}%  {check}"
         )
         if tally.errors:
@@ -519,14 +522,14 @@ def _report(args, server_kind: str, rows: list[dict]) -> None:
         other = row["cpu"]["other"] / (row["elapsed"] * (os.cpu_count() or 1))
         if other > 0.05:
             print(f"        WARNING: other processes took {100 * other:.0f}% of the CPUs during this run")
-        if row["clients"] in ISSUE_PER_S:
+        if row["clients"] in ISSUE_PER_S and row["connections"] == "per-request":
             print(
                 f"        issue #9 measured {ISSUE_PER_S[row['clients']]}/s at {row['clients']} clients; "
                 f"10x this run: {10 * n / row['elapsed']:.0f}/s"
             )
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -540,10 +543,17 @@ def main() -> None:
     # deploy/uwsgi.ini: processes = 2 per core, threads = 1 (UWSGI_PROCESSES, UWSGI_NUMBER_OF_THREADS)
     parser.add_argument("--processes", type=int, default=2 * (os.cpu_count() or 1))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--connections",
+        choices=["per-request", "persistent", "both"],
+        default="per-request",
+        help="database connections: per request (as Label Studio ships), kept 60 s per process "
+        "(as Tandem does), or both",
+    )
     # As many as annotate_http.py's comparisons: Label Studio slows down as a project grows.
     parser.add_argument("--tasks", type=int, default=6000)
     parser.add_argument("--overlap", type=int, default=3, help="annotations per task (maximum_annotations)")
-    parser.add_argument("--lock", default="/tmp/bench.lock", help="flock held around every CPU-heavy step")
+    parser.add_argument("--lock", default=DEFAULT_LOCK, help="flock held around every CPU-heavy step")
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -551,24 +561,48 @@ def main() -> None:
         ),
     )
     parser.add_argument("--seed-inside-label-studio", metavar="SPEC", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.seed_inside_label_studio:
-        return _seed_inside(json.loads(args.seed_inside_label_studio))
+    return parser
+
+
+def measure(args) -> tuple[str, list[dict]]:
+    """Label Studio installed, migrated and driven once per ``args.clients``: (server kind, rows).
+
+    annotate_http.py calls this for its baseline, in the same run as its own figures."""
     if not args.database_url.startswith("postgres"):
         sys.exit("--database-url must name a PostgreSQL database (it is created if missing).")
-    # A plain `kill` stops the servers too: the finally blocks run as on Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
-
     venv = args.venv.resolve()
     server_kind = _ensure_label_studio(venv, args.lock, args.server)
     package_dir = _package_dir(venv)
     _ensure_database(args.database_url)
-    env = _label_studio_env(args.database_url, package_dir, venv.parent / "label-studio-data")
+    env_dir = venv.parent / "label-studio-data"
+    env = _label_studio_env(args.database_url, package_dir, env_dir)
     args.log = venv.parent / "label-studio-server.log"
     print(f"migrating {args.database_url} ...", file=sys.stderr, flush=True)
     _migrate(venv, package_dir, env, args.lock)
-    rows = [_run(args, server_kind, venv, package_dir, env, clients) for clients in args.clients]
-    _report(args, server_kind, rows)
+    policies = ["per-request", "persistent"] if args.connections == "both" else [args.connections]
+    return server_kind, [
+        _run(
+            args,
+            server_kind,
+            venv,
+            package_dir,
+            _with_connections(env, policy, package_dir, env_dir),
+            clients,
+            policy,
+        )
+        for clients in args.clients
+        for policy in policies
+    ]
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.seed_inside_label_studio:
+        return _seed_inside(json.loads(args.seed_inside_label_studio))
+    # A plain `kill` stops the servers too: the finally blocks run as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
+    server_kind, rows = measure(args)
+    report(args, server_kind, rows)
     if any(row["problems"] for row in rows):
         sys.exit("FAILED: " + "; ".join(p for row in rows for p in row["problems"]))
 
