@@ -158,6 +158,10 @@ def main() -> None:
         type=int,
         help="PPO's total episodes in every loop (default: LoopSettings' 96, the slow test's)",
     )
+    parser.add_argument("--rm-epochs", type=float, help="reward-model epochs (default: LoopSettings')")
+    parser.add_argument(
+        "--rm-layers", type=int, help="reward-model trainable top layers (default: LoopSettings')"
+    )
     parser.add_argument("--lock", default="/tmp/bench.lock", help="flock held around each loop")
     parser.add_argument("--quiet", action="store_true", help="only the table")
     args = parser.parse_args()
@@ -195,6 +199,10 @@ def main() -> None:
     for label, seed, settings, control in runs:
         if args.ppo_episodes:
             settings.ppo = {**settings.ppo, "total_episodes": args.ppo_episodes}
+        if args.rm_epochs:
+            settings.reward_model = {**settings.reward_model, "num_epochs": args.rm_epochs}
+        if args.rm_layers:
+            settings.reward_model = {**settings.reward_model, "trainable_layers": args.rm_layers}
         run_one(settings, label, seed, control, work, args.lock, verbose=not args.quiet)
 
 
