@@ -1,7 +1,8 @@
 """Benchmark: does the loop learn what people prefer? Several rules, several seeds, two controls.
 
     .venv/bin/python tests/benchmarks/loop_efficacy.py [--rules longer shorter phrase:...]
-        [--seeds 0 1] [--controls shuffled with-eos-penalty] [--ppo-episodes N] [--threads 2]
+        [--seeds 0 1] [--controls shuffled with-eos-penalty] [--ppo-episodes N] [--rm-epochs E]
+        [--rm-layers L] [--threads 2]
 
 Each row is one whole loop through the product's own paths, on the bundled
 SmolLM2-135M-Instruct, on the CPU (``tests/training/loop_scenario.py``): round 1 opened
