@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from tests.benchmarks.bench_lock import DEFAULT_LOCK, bench_lock  # noqa: E402
 from tests.benchmarks.http_load import (  # noqa: E402
+    ensure_database,
     http_request,
     machine_busy_seconds,
     percentile_ms,
@@ -93,15 +94,6 @@ def _production_env(args, static_root: str) -> dict:
         "STATIC_ROOT": static_root,
         "LOG_LEVEL": "WARNING",
     }
-
-
-def _ensure_database(url: str) -> None:
-    import psycopg
-
-    base, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def _seed(n_comparisons: int, n_users: int, overlap: int, history: int = 0) -> tuple[int, list[str]]:
@@ -513,7 +505,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.database_url.startswith("postgres"):
         sys.exit("--database-url must name a PostgreSQL database (it is created if missing).")
-    _ensure_database(args.database_url)
+    ensure_database(args.database_url)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # servers stop as on Ctrl-C
 
     static_root = tempfile.mkdtemp(prefix="tandem-static-")

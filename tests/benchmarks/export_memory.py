@@ -28,22 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from tests.benchmarks.bench_lock import DEFAULT_LOCK, bench_lock  # noqa: E402
+from tests.benchmarks.http_load import ensure_database  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _ensure_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1].split("?")[0]
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def _setup() -> None:
@@ -203,7 +194,7 @@ def main() -> None:
         run_child(args.child)
         return
 
-    _ensure_database(url)
+    ensure_database(url)
     artifacts = tempfile.mkdtemp(prefix="tandem-export-bench-")
     os.environ["ARTIFACTS_DIR"] = artifacts
     _setup()

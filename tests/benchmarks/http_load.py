@@ -2,8 +2,8 @@
 
 An HTTP/1.1 client that opens a new connection per request and reads the whole answer
 (no keep-alive: the way the Label Studio figures of issue #9 were taken), a wait for a
-server to come up, latency percentiles, and the CPU a server's process tree and the whole
-machine spent.
+server to come up, latency percentiles, the CPU a server's process tree and the whole
+machine spent, and the PostgreSQL database each benchmark creates when it is missing.
 """
 
 from __future__ import annotations
@@ -103,3 +103,14 @@ def postgres_pid(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:  # the backend exits with its connection: ask before
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         return psutil.Process(backend).ppid()
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database ``url`` names (its query string aside) if it is missing."""
+    import psycopg
+
+    base, name = url.rsplit("/", 1)
+    name = name.split("?")[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')

@@ -59,6 +59,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.benchmarks.bench_lock import DEFAULT_LOCK, bench_lock  # noqa: E402
 from tests.benchmarks.http_load import (  # noqa: E402
+    ensure_database,
     http_request,
     machine_busy_seconds,
     percentile_ms,
@@ -139,15 +140,6 @@ def _package_dir(venv: Path) -> Path:
         check=True,
     )
     return Path(found.stdout.strip())
-
-
-def _ensure_database(url: str) -> None:
-    import psycopg
-
-    base, name = url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 # Label Studio opens a database connection per request (Django's CONN_MAX_AGE 0, and no
@@ -573,7 +565,7 @@ def measure(args) -> tuple[str, list[dict]]:
     venv = args.venv.resolve()
     server_kind = _ensure_label_studio(venv, args.lock, args.server)
     package_dir = _package_dir(venv)
-    _ensure_database(args.database_url)
+    ensure_database(args.database_url)
     env_dir = venv.parent / "label-studio-data"
     env = _label_studio_env(args.database_url, package_dir, env_dir)
     args.log = venv.parent / "label-studio-server.log"

@@ -302,43 +302,36 @@ def main() -> int:
             # ABBA order: on a shared machine the load drifts, and the second run of a pair would gain from it.
             order = ["ours", "plain"] if repeat % 2 == 0 else ["plain", "ours"]
             for which in ["ours"] if opts.skip_plain else order:
+                scored_rows = eval_rows if repeat == 0 else []
                 if which == "ours":
-                    ours = run_ours(
-                        train_rows, eval_rows if repeat == 0 else [], model_path, config, opts.max_seconds
-                    )
-                    t = ours["train"]
+                    ours = run_ours(train_rows, scored_rows, model_path, config, opts.max_seconds)
                     capped = ours["status"] == "cancelled"
                     max_steps = ours["steps"] if capped else -1
-                    rates["ours"].append(t["pairs_per_s"])
-                    rates["ours_cpu"].append(t["pairs_per_cpu_s"])
-                    if repeat == 0:
-                        accuracy["ours"] = ours["eval"]
-                    print(
-                        f"[{repeat + 1}/{opts.repeats}] ours:  {t['pairs_seen']} pairs in {t['runtime_s']:.1f} s = "
-                        f"{t['pairs_per_s']:.2f} pairs/s ({t['pairs_per_cpu_s']:.2f} per CPU-s), "
+                    t = ours["train"]
+                    run = {
+                        "pairs": t["pairs_seen"],
+                        "seconds": t["runtime_s"],
+                        "pairs_per_s": t["pairs_per_s"],
+                        "pairs_per_cpu_s": t["pairs_per_cpu_s"],
+                        "eval": ours["eval"],
+                    }
+                    detail = (
                         f"{ours['steps']}/{ours['total_steps']} steps, "
                         f"{t['pairs_dropped_too_long']} pairs over {opts.max_length} tokens left out"
-                        + (" [STOPPED BY --max-seconds: partial epoch]" if capped else ""),
-                        flush=True,
+                        + (" [STOPPED BY --max-seconds: partial epoch]" if capped else "")
                     )
                 else:
-                    plain = plain_trl(
-                        train_rows,
-                        eval_rows if repeat == 0 else [],
-                        str(model_path),
-                        config,
-                        max_steps=max_steps,
-                    )
-                    rates["plain"].append(plain["pairs_per_s"])
-                    rates["plain_cpu"].append(plain["pairs_per_cpu_s"])
-                    if repeat == 0:
-                        accuracy["plain"] = plain["eval"]
-                    print(
-                        f"[{repeat + 1}/{opts.repeats}] plain: {plain['pairs']} pairs in {plain['seconds']:.1f} s = "
-                        f"{plain['pairs_per_s']:.2f} pairs/s ({plain['pairs_per_cpu_s']:.2f} per CPU-s), "
-                        f"{plain['steps']} steps",
-                        flush=True,
-                    )
+                    run = plain_trl(train_rows, scored_rows, str(model_path), config, max_steps=max_steps)
+                    detail = f"{run['steps']} steps"
+                rates[which].append(run["pairs_per_s"])
+                rates[f"{which}_cpu"].append(run["pairs_per_cpu_s"])
+                if repeat == 0:
+                    accuracy[which] = run["eval"]
+                print(
+                    f"[{repeat + 1}/{opts.repeats}] {which + ':':<6} {run['pairs']} pairs in {run['seconds']:.1f} s"
+                    f" = {run['pairs_per_s']:.2f} pairs/s ({run['pairs_per_cpu_s']:.2f} per CPU-s), {detail}",
+                    flush=True,
+                )
 
     for side, e in accuracy.items():
         if e is None:
