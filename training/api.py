@@ -4,7 +4,7 @@ Researchers read; admins write (researchers may also create exports: exporting i
 reading). Annotators and users without a role get 403, anonymous requests 401.
 Every list is paginated (``?page=``) and filtered by query parameters, validated
 here (a bad value is a 400, never a 500). Writes go through the same services as
-the pages: ``training.exports.export_create`` and ``training.launch.LAUNCHERS``.
+the pages: ``training.exports.export_create`` and ``training.launch.run_start``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from rest_framework.routers import DefaultRouter
 from annotation.models import Comparison, ComparisonItem, Judgment, Project, Prompt, Round
 from training import serializers as s
 from training.exports import export_create, export_file
-from training.launch import LAUNCHERS
+from training.launch import run_start
 from training.models import Checkpoint, Export, RewardModel, TrainingRun
 from training.parsers import StorableJSONParser, api_error
 from training.runs import QueueUnavailable, runs_reap_lost
@@ -309,8 +309,8 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Create
         form.is_valid(raise_exception=True)
         data = form.validated_data
         try:
-            run = LAUNCHERS[data["kind"]](
-                project=data["project"], config=data["config"], created_by=request.user
+            run = run_start(
+                kind=data["kind"], project=data["project"], config=data["config"], created_by=request.user
             )
         except QueueUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc

@@ -49,7 +49,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from django.utils.text import slugify
@@ -57,7 +56,7 @@ from django.utils.text import slugify
 from annotation.models import Comparison, Judgment, Project, Prompt, Response
 from training.ml.pairs import DEFAULT_MARGINS, LOSS_WEIGHTING_CONVENTIONS, PairOptions
 from training.models import Export
-from training.runs import QueueUnavailable
+from training.runs import QUEUE_DOWN, send_on_commit
 from training.snapshots import (
     CHUNK_SIZE,
     IMPORTED_PREFIX,
@@ -324,27 +323,16 @@ def export_create(
 
 
 def export_enqueue(export: Export) -> None:
-    from kombu.exceptions import OperationalError
+    """Queue ``training.tasks.export_build`` for ``export``; an unreachable broker fails it, with that reason."""
 
-    from training.tasks import export_build
+    def unreachable() -> str:
+        message = QUEUE_DOWN.format(what="the export was not")
+        Export.objects.filter(pk=export.pk).update(
+            status=Export.Status.FAILED, error=message, finished_at=timezone.now()
+        )
+        return message
 
-    def send():
-        try:
-            export_build.apply_async(args=[export.pk], retry=False)
-        except (OperationalError, ConnectionError, OSError) as exc:
-            message = (
-                "The task queue cannot be reached, so the export was not started. "
-                "Check that the broker (CELERY_BROKER_URL) is running, then try again."
-            )
-            Export.objects.filter(pk=export.pk).update(
-                status=Export.Status.FAILED, error=message, finished_at=timezone.now()
-            )
-            raise QueueUnavailable(message) from exc
-
-    if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(send, robust=False)
-    else:
-        send()
+    send_on_commit("training.tasks.export_build", export.pk, unreachable=unreachable)
 
 
 def export_claim(export_id: int) -> Export | None:

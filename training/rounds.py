@@ -144,8 +144,6 @@ def round_open(
         "prompt_ids": prompt_ids,
     }
 
-    from training.tasks import generate_round
-
     with transaction.atomic():
         # Numbering takes the project's row lock, so two admins opening rounds get 1 and 2.
         Project.objects.select_for_update().filter(pk=project.pk).first()
@@ -188,7 +186,7 @@ def round_open(
                 TrainingRun.objects.filter(pk=run_pk).delete()
 
             for each in to_send:
-                enqueue(each, generate_round, cleanup=cleanup)
+                enqueue(each, cleanup=cleanup)
     return round
 
 
@@ -337,7 +335,7 @@ def round_generate(*, reporter: RunReporter, on_progress: Callable[[int, int], N
     """Fill the responses this run is responsible for, then open the round if it is complete.
 
     Run inside ``training.runs.running``: an exception fails the run, ``RunCancelled``
-    cancels it; :func:`generation_settle` then carries that over to the round.
+    cancels it; :func:`training.runs.generation_settle` then carries that over to the round.
     ``on_progress(done, total)`` (optional) hears the same progress as the run row:
     prompts answered by a checkpoint, done of total.
     """
@@ -516,69 +514,14 @@ def round_complete_if_ready(round: Round) -> BuildResult | None:
     return built
 
 
-def generation_settle(run_id: int) -> None:
-    """After a generation run ends: a failed or cancelled run fails its round, with the reason.
-
-    Also brings a chunked round's own run up to date with its chunks. Called by the
-    task after ``running()`` has recorded the run's outcome.
-    """
-    run = TrainingRun.objects.filter(pk=run_id).first()
-    if run is None or "round_id" not in run.config:
-        return
-    if run.parent_id:
-        _parent_sync(run.parent_id)
-    if run.status == TrainingRun.Status.FAILED:
-        reason = run.error or "Generation failed."
-    elif run.status == TrainingRun.Status.CANCELLED:
-        reason = "Generation was cancelled. Retry to continue where it stopped."
-    else:
-        return
-    if run.parent_id:
-        reason = f"Chunk {run.config.get('chunk')} of {run.config.get('chunks')}: {reason}"
-    Round.objects.filter(pk=run.config["round_id"], status=Round.Status.GENERATING).update(
-        status=Round.Status.FAILED, error=reason
-    )
-
-
-def _parent_sync(parent_id: int) -> None:
-    children = list(TrainingRun.objects.filter(parent_id=parent_id).order_by("pk"))
-    if not children:
-        return
-    statuses = {c.status for c in children}
-    S = TrainingRun.Status
-    error = ""
-    if statuses & set(TrainingRun.ACTIVE):
-        status = S.RUNNING
-    elif statuses == {S.SUCCEEDED}:
-        status = S.SUCCEEDED
-    elif S.FAILED in statuses:
-        status = S.FAILED
-        failed = next(c for c in children if c.status == S.FAILED)
-        error = f"Chunk {failed.config.get('chunk')}: {failed.error}"
-    else:
-        status = S.CANCELLED
-    done = sum(c.progress_done for c in children)
-    total = sum(c.progress_total for c in children)
-    TrainingRun.objects.filter(pk=parent_id).update(
-        status=status,
-        error=error,
-        progress_done=min(done, total),
-        progress_total=total,
-        finished_at=None if status == S.RUNNING else timezone.now(),
-        heartbeat_at=timezone.now(),
-    )
-
-
 def _chunks_requeue(parent: TrainingRun) -> None:
-    from training.tasks import generate_round
-
     for child in parent.children.exclude(status=TrainingRun.Status.SUCCEEDED):
         if child.status in (TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED):
-            run_retry(child, generate_round)
+            run_retry(child)
         else:
             # Queued, or running on a worker that may have died: a second delivery is a
             # no-op unless the first is gone or stale (run_claim decides).
-            enqueue(child, generate_round, cleanup=lambda: None)
+            enqueue(child, cleanup=lambda: None)
 
 
 def round_retry(*, round: Round) -> Round:
@@ -588,8 +531,6 @@ def round_retry(*, round: Round) -> Round:
     once: the round is then failed again with that reason and ``QueueUnavailable``
     is raised.
     """
-    from training.tasks import generate_round
-
     round.refresh_from_db()
     if round.status != Round.Status.FAILED:
         raise ValidationError(
@@ -614,13 +555,13 @@ def round_retry(*, round: Round) -> Round:
             )
             _chunks_requeue(run)
         elif run.status in (TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED):
-            run_retry(run, generate_round)
+            run_retry(run)
         else:
             if run.status == TrainingRun.Status.SUCCEEDED:
                 TrainingRun.objects.filter(pk=run.pk).update(
                     status=TrainingRun.Status.QUEUED, finished_at=None
                 )
-            enqueue(run, generate_round, cleanup=lambda: None)
+            enqueue(run, cleanup=lambda: None)
     except QueueUnavailable as exc:
         Round.objects.filter(pk=round.pk).update(status=Round.Status.FAILED, error=str(exc))
         raise

@@ -31,10 +31,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from training.ml.pairs import PairOptions
-from training.ml.ppo_config import PPOConfig
-from training.ml.reward import RewardModelConfig
-from training.round_config import RoundConfig
+from training.run_kinds import RUN_KINDS
 from training.snapshots import JudgmentFilters
 
 MAX_CONFIG_BYTES = 64 * 1024
@@ -112,32 +109,27 @@ BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
     },
 }
 # Text settings that name one of a few things.
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "RewardModelConfig": {
-        "lr_scheduler_type": (
-            "linear",
-            "cosine",
-            "cosine_with_restarts",
-            "polynomial",
-            "constant",
-            "constant_with_warmup",
-            "inverse_sqrt",
-            "cosine_with_min_lr",
-            "warmup_stable_decay",
-        )
-    },
+    "RewardModelConfig": {"lr_scheduler_type": SCHEDULERS},
 }
 # Settings only the command line may set: a path on the worker is not something to type into a form.
 NOT_FROM_A_LAUNCH = {"PPOConfig": {"value_model_path"}}
 
 
 def _config_classes() -> dict[str, type]:
-    return {
-        "RewardModelConfig": RewardModelConfig,
-        "PPOConfig": PPOConfig,
-        "PairOptions": PairOptions,
-        "RoundConfig": RoundConfig,
-    }
+    """Every dataclass a run config's sections are made of, by name (from training.run_kinds)."""
+    return {cls.__name__: cls for entry in RUN_KINDS.values() for cls in entry.sections.values()}
 
 
 # --- one value ---------------------------------------------------------------------------------
@@ -277,38 +269,18 @@ def _id(value) -> str | None:
     return _whole_number(value, 1, 2**63 - 1)
 
 
-COMMON = {"num_processes": _process_count, "accelerate_config": _accelerate_config}
-# Each launchable kind: its plain settings (a check each) and its sections (a dataclass each).
-RUN_CONFIGS: dict[str, dict[str, Any]] = {
-    "reward_model": {
-        "plain": {"base_checkpoint_id": _id, "filters": _filters, **COMMON},
-        "sections": {"training": "RewardModelConfig", "pairs": "PairOptions"},
-    },
-    "ppo": {
-        "plain": {
-            "policy_checkpoint_id": _id,
-            "reward_model_id": _id,
-            "train_policy_anyway": _true_or_false,
-            "auto_publish": _true_or_false,
-            **COMMON,
-        },
-        "sections": {"training": "PPOConfig", "round": "RoundConfig"},
-    },
-    "loop": {
-        "plain": {
-            "base_checkpoint_id": _id,
-            "filters": _filters,
-            "open_next_round": _true_or_false,
-            "train_policy_anyway": _true_or_false,
-            **COMMON,
-        },
-        "sections": {
-            "reward_model": "RewardModelConfig",
-            "ppo": "PPOConfig",
-            "pairs": "PairOptions",
-            "round": "RoundConfig",
-        },
-    },
+# Every top-level setting a run config may hold, by name, with its check: a name means the same
+# everywhere. Which kind takes which is in training.run_kinds.
+SETTING_CHECKS: dict[str, Any] = {
+    "base_checkpoint_id": _id,
+    "policy_checkpoint_id": _id,
+    "reward_model_id": _id,
+    "filters": _filters,
+    "train_policy_anyway": _true_or_false,
+    "auto_publish": _true_or_false,
+    "open_next_round": _true_or_false,
+    "num_processes": _process_count,
+    "accelerate_config": _accelerate_config,
 }
 
 
@@ -319,18 +291,18 @@ def run_config_checked(kind: str, config) -> dict:
     size = len(json.dumps(config, default=str))
     if size > MAX_CONFIG_BYTES:
         raise ValidationError({"config": f"The config is {size:,} bytes; at most {MAX_CONFIG_BYTES:,}."})
-    schema = RUN_CONFIGS.get(kind)
-    if schema is None:
-        return config
+    entry = RUN_KINDS.get(kind)
+    if entry is None:
+        raise ValidationError({"kind": f"No run kind {kind!r} (known: {', '.join(RUN_KINDS)})."})
     problems: dict[str, str] = {}
     for key, value in config.items():
-        if key in schema["plain"]:
-            if (problem := schema["plain"][key](value)) is not None:
+        if key in entry.settings:
+            if (problem := SETTING_CHECKS[key](value)) is not None:
                 problems[key] = problem
-        elif key in schema["sections"]:
-            problems |= settings_problems(schema["sections"][key], value, prefix=f"{key}.")
+        elif key in entry.sections:
+            problems |= settings_problems(entry.sections[key].__name__, value, prefix=f"{key}.")
         else:
-            known = sorted([*schema["plain"], *schema["sections"]])
+            known = sorted([*entry.settings, *entry.sections])
             problems[key] = f"No such setting for this kind of run (known: {', '.join(known)})."
     if problems:
         raise ValidationError({key: [message] for key, message in problems.items()})

@@ -32,7 +32,9 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from annotation.models import Round
 from training.models import Metric, TrainingRun
+from training.run_kinds import run_kind
 
 log = logging.getLogger(__name__)
 
@@ -75,42 +77,80 @@ class RunStopped(Exception):
     and the API show the message as it is, with no exception name in front."""
 
 
-def enqueue(run: TrainingRun, task, *, cleanup: Callable[[], None] | None = None) -> None:
-    """Send ``task(run.pk)`` to the broker after the current transaction commits.
+QUEUE_DOWN = (
+    "The task queue cannot be reached, so {what} started. "
+    "Check that the broker (CELERY_BROKER_URL) is running, then try again."
+)
 
-    Called outside a transaction it sends at once. When the broker cannot be
-    reached, ``cleanup`` (default: delete the run) removes what was created and
-    :class:`QueueUnavailable` is raised, so a failed launch leaves nothing behind.
+
+def task_named(name: str):
+    """The Celery task called ``name``, or a signature that sends it by name.
+
+    Tasks register when Django starts (``training.apps``), so in the web process and
+    on a worker this is the task itself (and ``CELERY_TASK_ALWAYS_EAGER`` runs it in
+    place); a name no module defines is still sent, routed like any other.
+    """
+    from celery import current_app
+
+    task = current_app.tasks.get(name)
+    return task if task is not None else current_app.signature(name)
+
+
+def send_on_commit(
+    task_name: str,
+    object_id: int,
+    *,
+    unreachable: Callable[[], str],
+    sent: Callable[[str], None] | None = None,
+) -> None:
+    """Send ``task_name(object_id)`` once the current transaction commits (at once outside one).
+
+    When the broker cannot be reached, ``unreachable()`` undoes or marks what was created
+    and returns the message that :class:`QueueUnavailable` then carries; ``sent(task_id)``
+    is called once the broker has the task.
     """
     from kombu.exceptions import OperationalError
 
     def send():
         try:
-            result = task.apply_async(args=[run.pk], retry=False)
+            result = task_named(task_name).apply_async(args=[object_id], retry=False)
         except (OperationalError, ConnectionError, OSError) as exc:
-            (cleanup or run.delete)()
-            raise QueueUnavailable(
-                "The task queue cannot be reached, so nothing was started. "
-                "Check that the broker (CELERY_BROKER_URL) is running, then try again."
-            ) from exc
-        if result.id:
-            TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=result.id)
+            raise QueueUnavailable(unreachable()) from exc
+        if sent is not None and result.id:
+            sent(result.id)
 
-    connection_in_atomic = transaction.get_connection().in_atomic_block
-    if connection_in_atomic:
+    if transaction.get_connection().in_atomic_block:
         transaction.on_commit(send, robust=False)
     else:
         send()
 
 
-def run_launch(
-    *, project, kind: str, config: dict, task, created_by=None, parent=None, **fields
-) -> TrainingRun:
-    """Create a queued run and enqueue ``task`` for it; raises QueueUnavailable with nothing kept."""
+def enqueue(run: TrainingRun, *, cleanup: Callable[[], None] | None = None) -> None:
+    """Send the task of ``run``'s kind (``training.run_kinds``) after the current transaction commits.
+
+    Called outside a transaction it sends at once. When the broker cannot be
+    reached, ``cleanup`` (default: delete the run) removes what was created and
+    :class:`QueueUnavailable` is raised, so a failed launch leaves nothing behind.
+    """
+
+    def unreachable() -> str:
+        (cleanup or run.delete)()
+        return QUEUE_DOWN.format(what="nothing was")
+
+    send_on_commit(
+        run_kind(run.kind).task,
+        run.pk,
+        unreachable=unreachable,
+        sent=lambda task_id: TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=task_id),
+    )
+
+
+def run_launch(*, project, kind: str, config: dict, created_by=None, parent=None, **fields) -> TrainingRun:
+    """Create a queued run and enqueue its kind's task; raises QueueUnavailable with nothing kept."""
     run = TrainingRun.objects.create(
         project=project, kind=kind, config=config, created_by=created_by, parent=parent, **fields
     )
-    enqueue(run, task)
+    enqueue(run)
     return run
 
 
@@ -419,10 +459,64 @@ def _reap(run: TrainingRun, now) -> bool:
             finished_at=now,
         )
     if run.kind == TrainingRun.Kind.GENERATE:
-        from training.rounds import generation_settle  # rounds builds on this module
-
         generation_settle(run.pk)  # the round fails with the same reason, ready for round_retry
     return True
+
+
+# --- a round's generation runs -----------------------------------------------------------------
+
+
+def generation_settle(run_id: int) -> None:
+    """After a generation run ends: a failed or cancelled run fails its round, with the reason.
+
+    Also brings a chunked round's own run up to date with its chunks. Called by the
+    task after ``running()`` has recorded the run's outcome.
+    """
+    run = TrainingRun.objects.filter(pk=run_id).first()
+    if run is None or "round_id" not in run.config:
+        return
+    if run.parent_id:
+        _parent_sync(run.parent_id)
+    if run.status == TrainingRun.Status.FAILED:
+        reason = run.error or "Generation failed."
+    elif run.status == TrainingRun.Status.CANCELLED:
+        reason = "Generation was cancelled. Retry to continue where it stopped."
+    else:
+        return
+    if run.parent_id:
+        reason = f"Chunk {run.config.get('chunk')} of {run.config.get('chunks')}: {reason}"
+    Round.objects.filter(pk=run.config["round_id"], status=Round.Status.GENERATING).update(
+        status=Round.Status.FAILED, error=reason
+    )
+
+
+def _parent_sync(parent_id: int) -> None:
+    children = list(TrainingRun.objects.filter(parent_id=parent_id).order_by("pk"))
+    if not children:
+        return
+    statuses = {c.status for c in children}
+    S = TrainingRun.Status
+    error = ""
+    if statuses & set(TrainingRun.ACTIVE):
+        status = S.RUNNING
+    elif statuses == {S.SUCCEEDED}:
+        status = S.SUCCEEDED
+    elif S.FAILED in statuses:
+        status = S.FAILED
+        failed = next(c for c in children if c.status == S.FAILED)
+        error = f"Chunk {failed.config.get('chunk')}: {failed.error}"
+    else:
+        status = S.CANCELLED
+    done = sum(c.progress_done for c in children)
+    total = sum(c.progress_total for c in children)
+    TrainingRun.objects.filter(pk=parent_id).update(
+        status=status,
+        error=error,
+        progress_done=min(done, total),
+        progress_total=total,
+        finished_at=None if status == S.RUNNING else timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
 
 
 def run_cancel(run: TrainingRun) -> None:
@@ -436,14 +530,14 @@ def run_cancel(run: TrainingRun) -> None:
     run.refresh_from_db()
 
 
-def run_retry(run: TrainingRun, task) -> TrainingRun:
+def run_retry(run: TrainingRun) -> TrainingRun:
     """Queue a failed or cancelled run again with the same inputs; it resumes where it can."""
     updated = TrainingRun.objects.filter(
         pk=run.pk, status__in=[TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED]
     ).update(status=TrainingRun.Status.QUEUED, cancel_requested=False, error="", finished_at=None)
     run.refresh_from_db()
     if updated:
-        enqueue(run, task, cleanup=lambda: run_finish_requeue_failed(run))
+        enqueue(run, cleanup=lambda: run_finish_requeue_failed(run))
     return run
 
 

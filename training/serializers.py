@@ -9,11 +9,11 @@ from rest_framework import serializers
 from annotation.models import Comparison, Judgment, Project, Prompt, Round, validate_criteria
 from training.exports import annotator_ids, normalise_filters
 from training.models import Checkpoint, Export, RewardModel, TrainingRun
+from training.run_kinds import LAUNCHABLE
 from training.snapshots import annotator_pseudonym
 from webapp.roles import ADMIN, has_role
 
 ROLES = ("system", "user", "assistant")
-LAUNCHABLE = ("reward_model", "ppo", "loop")  # training.launch.LAUNCHERS
 
 
 class ProjectSerializer(serializers.ModelSerializer):

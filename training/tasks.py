@@ -42,10 +42,10 @@ def generate_round(run_id: int) -> None:
     """Fill a round's missing responses (or one chunk of them); routed to the ``gpu`` queue.
 
     The last chunk to finish builds the comparisons and opens the round. A failure or a
-    cancel marks the round failed with the reason (``training.rounds.generation_settle``).
+    cancel marks the round failed with the reason (``training.runs.generation_settle``).
     """
-    from training.rounds import generation_settle, round_generate
-    from training.runs import running
+    from training.rounds import round_generate
+    from training.runs import generation_settle, running
 
     with running(run_id) as reporter:
         if reporter is not None:

@@ -38,15 +38,29 @@ def world(judged, admin_user):  # noqa: F811
     return {"project": judged, "export": export, "run": run, "reward_model": reward_model}
 
 
+class RecordingQueue:
+    """Stands in for the broker: each task sent is recorded as (task name, object id)."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, int]] = []
+
+    def task_named(self, name: str):
+        queue = self
+
+        class Recorded:
+            def apply_async(self, args, **kwargs):
+                queue.sent.append((name.rsplit(".", 1)[-1], args[0]))
+                return type("Result", (), {"id": f"recorded-{args[0]}"})()
+
+        return Recorded()
+
+
 @pytest.fixture
 def no_queue(monkeypatch):
-    """Nothing reaches a broker: launches and exports are recorded, not sent."""
+    """Nothing reaches a broker: launches and exports are recorded, not sent
+    (``[("train_ppo", run id), ("export_build", export id), ...]``)."""
     import training.runs
-    from training import tasks
 
-    sent = []
-    monkeypatch.setattr(training.runs, "enqueue", lambda run, task, **kw: sent.append(("run", run.pk)))
-    monkeypatch.setattr(
-        tasks.export_build, "apply_async", lambda args, **kw: sent.append(("export", args[0]))
-    )
-    return sent
+    queue = RecordingQueue()
+    monkeypatch.setattr(training.runs, "task_named", queue.task_named)
+    return queue.sent

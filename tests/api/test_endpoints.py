@@ -79,14 +79,17 @@ def test_admins_add_prompts(world, admin_user):
     assert bad.status_code == 400
 
 
-def test_admins_launch_runs(world, admin_user, no_queue):
-    response = token_client(admin_user).post(
-        "/api/runs/", {"project": world["project"].pk, "kind": "reward_model", "config": {}}, format="json"
-    )
+def test_admins_launch_runs(world, admin_user, no_queue, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = token_client(admin_user).post(
+            "/api/runs/",
+            {"project": world["project"].pk, "kind": "reward_model", "config": {}},
+            format="json",
+        )
     assert response.status_code == 201
     run = TrainingRun.objects.get(pk=response.json()["id"])
     assert run.kind == "reward_model" and run.created_by == admin_user and run.status == "queued"
-    assert ("run", run.pk) in no_queue
+    assert ("train_reward_model", run.pk) in no_queue
 
 
 def test_admins_launch_a_loop_that_trains_the_policy_anyway(world, admin_user, no_queue):
@@ -126,14 +129,15 @@ def test_reward_models_show_their_interval_and_verdict(world, researcher):
     assert client.post("/api/reward-models/", {}, format="json").status_code in (403, 405)
 
 
+@pytest.mark.django_db(transaction=True)  # sent at once, as in a server: no test transaction to wait for
 def test_a_launch_without_a_queue_is_503(world, admin_user, monkeypatch):
     import training.runs
 
-    def down(run, task, **kwargs):
-        run.delete()
-        raise training.runs.QueueUnavailable("The task queue cannot be reached.")
+    class Unreachable:
+        def apply_async(self, args, **kwargs):
+            raise ConnectionRefusedError("nobody listens on the broker's port")
 
-    monkeypatch.setattr(training.runs, "enqueue", down)
+    monkeypatch.setattr(training.runs, "task_named", lambda name: Unreachable())
     response = token_client(admin_user).post(
         "/api/runs/", {"project": world["project"].pk, "kind": "ppo", "config": {}}, format="json"
     )

@@ -107,3 +107,14 @@ def test_the_dashboards_defaults_are_inside_the_bounds():
             "round": {k: v for k, v in dataclasses.asdict(RoundConfig()).items()},
         },
     )
+
+
+def test_every_registered_task_exists_and_every_kind_is_registered():
+    from celery import current_app
+
+    from training.models import TrainingRun
+    from training.run_kinds import RUN_KINDS
+
+    assert set(RUN_KINDS) <= set(TrainingRun.Kind.values)
+    for entry in RUN_KINDS.values():
+        assert entry.task in current_app.tasks, entry.task

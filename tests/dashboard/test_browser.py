@@ -1,8 +1,8 @@
-"""The dashboard in real Chromium: launch a reward-model run, watch it finish live, see its charts.
+"""The dashboard in real Chromium: launch a run, watch it finish live, see its charts.
 
-The launched run is carried out by the real task body (``training.tasks.train_reward_model``:
-a snapshot of the judgments, TRL's RewardTrainer on a tiny model) in a worker thread, as a
-Celery worker would; only the broker hop is left out.
+A launched run is carried out by the real task body of its kind (``training.tasks``: a
+snapshot of the judgments, TRL's RewardTrainer or DPOTrainer on a tiny model) in a worker
+thread, as a Celery worker would; only the broker hop is left out.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ pytestmark = [
 
 
 def worker_thread(run_id: int) -> None:
-    from training.tasks import train_reward_model
+    """The task of the run's kind (training.run_kinds), as a worker would run it."""
+    from celery import current_app
+
+    from training.run_kinds import run_kind
 
     try:
-        train_reward_model.run(run_id)
+        kind = TrainingRun.objects.values_list("kind", flat=True).get(pk=run_id)
+        current_app.tasks[run_kind(kind).task].run(run_id)
     finally:
         connection.close()
 
@@ -47,11 +51,11 @@ class InProcessQueue:
 
 @pytest.fixture
 def worker(monkeypatch, settings, tmp_path):
-    from training import launch
+    from training import runs
 
     settings.ARTIFACTS_DIR = tmp_path
     queue = InProcessQueue()
-    monkeypatch.setattr(launch, "task_for", lambda name: queue)
+    monkeypatch.setattr(runs, "task_named", lambda name: queue)
     yield queue
     for thread in queue.threads:
         thread.join(timeout=60)

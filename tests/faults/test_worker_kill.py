@@ -26,7 +26,7 @@ from tests.conftest import PASSWORD
 from tests.services import service_missing
 from tests.training.conftest import make_checkpoint, make_judged_round, make_prompts
 from tests.workers import Worker, flush_broker, redis_broker_url, wait_for
-from training.launch import ppo_launch, reward_model_launch, run_retry_launch
+from training.launch import run_retry_launch, run_start
 from training.ml.checkpoints import (
     PAUSE_WRITES_ENV,
     TMP_PREFIX,
@@ -242,7 +242,9 @@ def test_a_reward_model_whose_worker_is_killed_while_writing_it_is_failed_by_the
     pauses = tmp_path / "pauses"
     pauses.mkdir()
     first = workers.start(**{PAUSE_WRITES_ENV: str(pauses)})  # it stops between two files of the model
-    run = reward_model_launch(project=project, config={"base_checkpoint_id": base.pk, "training": TINY_RM})
+    run = run_start(
+        kind="reward_model", project=project, config={"base_checkpoint_id": base.pk, "training": TINY_RM}
+    )
 
     announced = wait_for(
         lambda: next(pauses.iterdir(), None), timeout=BOOT, what="the model's write to begin", worker=first
@@ -311,7 +313,8 @@ def test_ppo_whose_worker_is_killed_is_failed_by_the_runs_list_and_resumes_on_re
     # A reward model row on the tiny Llama: a fresh scalar head scores well enough to train against.
     reward_model = RewardModel.objects.create(project=project, base_checkpoint=base, uri=str(tiny_checkpoint))
     first = workers.start()
-    run = ppo_launch(
+    run = run_start(
+        kind="ppo",
         project=project,
         config={"policy_checkpoint_id": base.pk, "reward_model_id": reward_model.pk, "training": TINY_PPO},
     )

@@ -194,7 +194,7 @@ def test_ppo_resumes_from_its_last_saved_state(
     from training.runs import run_retry
 
     with django_capture_on_commit_callbacks(execute=True):
-        run_retry(run, train_ppo)  # eager: the retried task runs here once queued
+        run_retry(run)  # eager: the retried task runs here once queued
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
     assert "Resuming PPO" in run.log_tail

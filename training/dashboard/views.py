@@ -30,6 +30,7 @@ from training.forms import LAUNCH_FORMS
 from training.leaderboard_data import leaderboard_for
 from training.models import Checkpoint, Metric, TrainingRun
 from training.reward_models import run_reward_model
+from training.run_kinds import BY_SLUG
 from training.runs import QueueUnavailable, run_cancel, runs_reap_lost
 from webapp.roles import ADMIN, role_required
 
@@ -39,20 +40,8 @@ LOG_LINES = 40
 METRICS_PAGE = 5000
 SAMPLE_PROMPTS = 12
 
-LAUNCH_TITLES = {
-    "round": "Open a round",
-    "reward-model": "Train a reward model",
-    "ppo": "Run PPO",
-    "loop": "Run the full loop",
-}
-LAUNCH_BLURBS = {
-    "round": "Sample responses from the chosen checkpoints for a fresh set of prompts, "
-    "then hand the comparisons to annotators.",
-    "reward-model": "Fit a Bradley–Terry reward model to the project's judgments so far.",
-    "ppo": "Improve a policy checkpoint with PPO against a reward model, kept close to where it started by a KL penalty.",
-    "loop": "Reward model on the judgments so far, then PPO against it; the new checkpoint is published "
-    "when you ask, ready for a round against its parent.",
-}
+# The dashboard's launch pages, by URL slug, in the order the project page lists them.
+LAUNCH_TITLES = {slug: entry.title for slug, entry in BY_SLUG.items()}
 
 
 # --- access helpers ---------------------------------------------------------------------------
@@ -108,18 +97,13 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
 # --- launching --------------------------------------------------------------------------------
 
 
-def _start(kind: str, form, project: Project, user):
+def _start(slug: str, form, project: Project, user):
     config = form.config()
-    if kind == "round":
+    if slug == "round":
         return launching.round_launch(
             project=project, checkpoints=form.cleaned_data["checkpoints"], config=config, created_by=user
         )
-    start = {
-        "reward-model": launching.reward_model_launch,
-        "ppo": launching.ppo_launch,
-        "loop": launching.loop_launch,
-    }[kind]
-    return start(project=project, config=config, created_by=user)
+    return launching.run_start(kind=BY_SLUG[slug].kind, project=project, config=config, created_by=user)
 
 
 def _errors_onto(form, exc: ValidationError) -> None:
@@ -165,8 +149,8 @@ def launch(request: HttpRequest, project_id: int, kind: str) -> HttpResponse:
         "project": project,
         "form": form,
         "kind": kind,
-        "title": LAUNCH_TITLES[kind],
-        "blurb": LAUNCH_BLURBS[kind],
+        "title": BY_SLUG[kind].title,
+        "blurb": BY_SLUG[kind].blurb,
         "launches": LAUNCH_TITLES,
         "problem": problem,
     }

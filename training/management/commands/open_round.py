@@ -121,8 +121,8 @@ class Command(BaseCommand):
     def _generate(self, round):
         from tqdm import tqdm
 
-        from training.rounds import generation_settle, round_generate
-        from training.runs import running
+        from training.rounds import round_generate
+        from training.runs import generation_settle, running
 
         run_id = round.generation_run_id
         with tqdm(desc=f"Round {round.number}", unit="prompt", dynamic_ncols=True) as bar:
