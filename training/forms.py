@@ -236,6 +236,82 @@ class PPOLaunchForm(ProjectForm):
         }
 
 
+class DPOLaunchForm(ProjectForm):
+    policy_checkpoint = CheckpointChoiceField(
+        queryset=Checkpoint.objects.none(),
+        help_text="The policy to improve; it is also the reference DPO keeps it close to.",
+        error_messages={"invalid_choice": NOT_THIS_PROJECT.format(what="checkpoints")},
+    )
+    loss_type = forms.ChoiceField(
+        label="Loss",
+        choices=[
+            ("sigmoid", "DPO (sigmoid)"),
+            ("ipo", "IPO"),
+            ("robust", "Robust DPO (needs label smoothing)"),
+            ("hinge", "SLiC (hinge)"),
+            ("apo_zero", "APO-zero"),
+        ],
+        initial="sigmoid",
+        help_text="TRL's DPOTrainer loss; with label smoothing, sigmoid is conservative DPO.",
+    )
+    beta = forms.FloatField(
+        label="β",
+        initial=0.1,
+        min_value=1e-4,
+        max_value=100.0,
+        help_text="How strongly the policy is held to the reference (larger: closer).",
+    )
+    label_smoothing = forms.FloatField(
+        initial=0.0,
+        min_value=0.0,
+        max_value=0.49,
+        help_text="Share of judgments assumed flipped (conservative or robust DPO); 0 for plain DPO.",
+    )
+    learning_rate = _learning_rate(5e-6)
+    max_steps = _positive_int(
+        40,
+        "Stop after this many steps (0: all epochs). 40 steps of 4 pairs take minutes on a CPU.",
+        min_value=0,
+    )
+    batch_size = _positive_int(4, "Pairs per step.", max_value=1024)
+    trainable_layers = _positive_int(
+        8,
+        "Train only the top this-many layers (0: all); fewer is faster on a CPU.",
+        min_value=0,
+        max_value=1000,
+    )
+    max_length = _positive_int(384, "Tokens of prompt plus answer kept.", max_value=32_768)
+    seed = _positive_int(0, "Seed for data order and the held-out split.", min_value=0, max_value=2**31 - 1)
+
+    def clean(self):
+        data = super().clean()
+        loss, smoothing = data.get("loss_type"), data.get("label_smoothing")
+        if loss == "robust" and not smoothing:
+            self.add_error("label_smoothing", "Robust DPO needs a share of flipped judgments above 0.")
+        elif smoothing and loss not in ("sigmoid", "robust"):
+            self.add_error("label_smoothing", "Only the sigmoid and robust losses use label smoothing.")
+        return data
+
+    def config(self) -> dict:
+        d = self.cleaned_data
+        return {
+            "policy_checkpoint_id": d["policy_checkpoint"].pk,
+            "training": {
+                name: d[name]
+                for name in (
+                    "loss_type",
+                    "beta",
+                    "label_smoothing",
+                    "learning_rate",
+                    "batch_size",
+                    "max_length",
+                    "seed",
+                )
+            }
+            | {"max_steps": d["max_steps"] or -1, "trainable_layers": d["trainable_layers"] or None},
+        }
+
+
 class LoopLaunchForm(ProjectForm):
     base_checkpoint = CheckpointChoiceField(
         queryset=Checkpoint.objects.none(),
@@ -352,5 +428,6 @@ LAUNCH_FORMS = {
     "round": RoundOpenForm,
     "reward-model": RewardModelLaunchForm,
     "ppo": PPOLaunchForm,
+    "dpo": DPOLaunchForm,
     "loop": LoopLaunchForm,
 }

@@ -1,8 +1,10 @@
-"""PPO on the policy as a run, and publishing the checkpoint it makes.
+"""Training the policy as a run (PPO against a reward model, or DPO on the judgments), and the checkpoint it makes.
 
-The run's config (see ``training.launch``): ``{"policy_checkpoint_id",
+A PPO run's config (``training.run_kinds``): ``{"policy_checkpoint_id",
 "reward_model_id", "training": PPOConfig fields, "auto_publish": bool, "round": RoundConfig
-fields of the round that publishing opens}``.
+fields of the round that publishing opens}``. A DPO run's: ``{"policy_checkpoint_id",
+"filters", "pairs": PairOptions fields, "training": DPOConfig fields, "auto_publish",
+"round"}``; the policy it starts from is also its reference.
 Optional ``"num_processes"`` (an integer or ``"auto"``) and ``"accelerate_config"`` (an
 accelerate YAML, for FSDP or DeepSpeed) train in several processes via ``training.distributed``.
 """
@@ -16,7 +18,7 @@ from django.conf import settings
 from annotation.models import Prompt
 from training.checkpoints import checkpoint_publish, checkpoint_register
 from training.models import Checkpoint, RewardModel, TrainingRun
-from training.reward_models import run_base_checkpoint
+from training.reward_models import run_base_checkpoint, run_snapshot
 from training.runs import RunCancelled, RunReporter
 
 
@@ -138,12 +140,64 @@ def _train_in_processes(run, reporter, parent, reward_model, prompts, config, st
     run.outputs = {**run.outputs, "num_processes": num_processes}
 
 
+def dpo_train(*, run: TrainingRun, reporter: RunReporter) -> Checkpoint:
+    """DPO on the run's snapshot of the judgments, from (and against) a policy checkpoint.
+
+    A retry continues from the newest state the trainer saved (``save_every`` steps);
+    the final policy is written atomically and recorded as a draft checkpoint whose
+    parent is the policy the run started from, with the held-out evaluation in the run's outputs.
+    """
+    from training.ml.checkpoints import is_complete_checkpoint
+    from training.ml.dpo import RESULTS_FILE, DPOConfig, latest_state, train_dpo
+    from training.ml.hooks import TrainingHooks
+    from training.ml.pairs import split_by_prompt
+
+    existing = Checkpoint.objects.filter(produced_by=run).first()
+    if existing is not None:  # a duplicate delivery after the row was written
+        return existing
+    parent = run_base_checkpoint(run, "policy_checkpoint_id")
+    config = DPOConfig.from_dict(run.config.get("training", {}))
+    snapshot, rows = run_snapshot(run, reporter, "a policy with DPO")
+    train_rows, eval_rows = split_by_prompt(rows, config.eval_fraction, config.seed)
+    output_dir, state_dir = policy_dir(run), run_dir(run) / "dpo-state"
+    if not is_complete_checkpoint(output_dir):
+        state = latest_state(state_dir)
+        reporter.stage(
+            f"Resuming DPO from {Path(state).name}"
+            if state
+            else f"DPO on {parent}: {len(train_rows)} training and {len(eval_rows)} held-out pairs"
+        )
+        hooks = TrainingHooks(
+            on_metrics=reporter.metrics,
+            on_progress=lambda step, total: reporter.progress(step, total, "DPO steps"),
+            should_stop=reporter.should_stop,
+        )
+        results = train_dpo(
+            train_rows,
+            eval_rows,
+            parent.uri,
+            output_dir,
+            config,
+            hooks,
+            state_dir=state_dir,
+            metadata={"snapshot": snapshot.sha256, "run": run.pk},
+        )
+        if results["status"] == "cancelled":
+            raise RunCancelled
+    else:
+        import json
+
+        results = json.loads((output_dir / RESULTS_FILE).read_text())
+    run.outputs = {**run.outputs, "eval": results.get("eval"), "steps": results.get("steps")}
+    return _checkpoint_record(run, reporter, parent=parent, reward_model=None, output_dir=output_dir)
+
+
 def _checkpoint_record(
     run: TrainingRun,
     reporter: RunReporter,
     *,
     parent: Checkpoint,
-    reward_model: RewardModel,
+    reward_model: RewardModel | None,
     output_dir: Path,
 ) -> Checkpoint:
     """The draft Checkpoint row for the policy a run wrote (and its publication when asked), however it ran."""

@@ -32,6 +32,30 @@ def run_base_checkpoint(run: TrainingRun, key: str = "base_checkpoint_id") -> Ch
     return newest
 
 
+def run_snapshot(run: TrainingRun, reporter: RunReporter, what: str):
+    """(the run's snapshot of the judgments, its pair rows): the one it has, else a new one it keeps.
+
+    ``what`` names the model for the message when the pairs cover fewer than two prompts
+    (nothing could be held out).
+    """
+    from training.ml.pairs import read_snapshot_jsonl
+    from training.snapshots import snapshot_build
+
+    reporter.stage("Building the preference snapshot")
+    snapshot = run.snapshot or snapshot_build(
+        project=run.project, filters=run.config.get("filters", {}), options=run.config.get("pairs", {})
+    )
+    TrainingRun.objects.filter(pk=run.pk).update(snapshot=snapshot, input_hash=snapshot.sha256)
+    run.snapshot = snapshot
+    rows = read_snapshot_jsonl(snapshot.uri)
+    if len({row["prompt_id"] for row in rows}) < 2:
+        raise ValueError(
+            f"The snapshot has {len(rows)} preference pairs over fewer than two prompts: "
+            f"collect more judgments before training {what}."
+        )
+    return snapshot, rows
+
+
 def reward_model_dir(run: TrainingRun) -> Path:
     return Path(settings.ARTIFACTS_DIR) / "reward_models" / f"run-{run.pk}"
 
@@ -41,27 +65,16 @@ def reward_model_train(*, run: TrainingRun, reporter: RunReporter) -> RewardMode
     (a reward model is minutes to hours, not days) but never writes over a finished model."""
     from training.distributed import process_count
     from training.ml.checkpoints import is_complete_checkpoint
-    from training.ml.pairs import read_snapshot_jsonl, snapshot_metadata, split_by_prompt
+    from training.ml.pairs import snapshot_metadata, split_by_prompt
     from training.ml.reward import RewardModelConfig, TrainingHooks, evaluate_reward_model, train_reward_model
-    from training.snapshots import pair_options, snapshot_build
+    from training.snapshots import pair_options
 
     existing = RewardModel.objects.filter(run=run).first()
     if existing is not None:  # a duplicate delivery after the row was written
         return existing
     config = RewardModelConfig.from_dict(run.config.get("training", {}))
     base = run_base_checkpoint(run)
-
-    reporter.stage("Building the preference snapshot")
-    snapshot = run.snapshot or snapshot_build(
-        project=run.project, filters=run.config.get("filters", {}), options=run.config.get("pairs", {})
-    )
-    TrainingRun.objects.filter(pk=run.pk).update(snapshot=snapshot, input_hash=snapshot.sha256)
-    rows = read_snapshot_jsonl(snapshot.uri)
-    if len({row["prompt_id"] for row in rows}) < 2:
-        raise ValueError(
-            f"The snapshot has {len(rows)} preference pairs over fewer than two prompts: "
-            "collect more judgments before training a reward model."
-        )
+    snapshot, rows = run_snapshot(run, reporter, "a reward model")
     train_rows, eval_rows = split_by_prompt(rows, config.eval_fraction, config.seed)
     reporter.log(
         f"Snapshot {snapshot.sha256[:12]}: {len(train_rows)} training and {len(eval_rows)} held-out pairs."

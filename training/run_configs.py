@@ -61,6 +61,24 @@ BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
         "logging_steps": (1, 1_000_000),
         "eval_steps": (1, 1_000_000),
     },
+    "DPOConfig": {
+        "beta": (1e-4, 100.0),
+        "label_smoothing": (0.0, 0.49),
+        "learning_rate": (1e-12, 1.0),
+        "num_epochs": (0.01, 100),
+        "max_steps": (-1, 1_000_000),
+        "batch_size": (1, 1024),
+        "gradient_accumulation_steps": (1, 1024),
+        "max_length": (16, 32_768),
+        "eval_fraction": (0.0, 0.5),
+        "eval_batch_size": (1, 4096),
+        "seed": SEED,
+        "warmup_ratio": (0.0, 0.99),
+        "max_grad_norm": (0.0, 1e6),
+        "trainable_layers": (1, 1000),
+        "save_every": (0, 1_000_000),
+        "logging_steps": (1, 1_000_000),
+    },
     "PairOptions": {
         "min_gold_accuracy": (0.0, 1.0),
         "min_gold_judgments": (1, 1_000_000),
@@ -121,6 +139,7 @@ SCHEDULERS = (
     "warmup_stable_decay",
 )
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "DPOConfig": {"lr_scheduler_type": SCHEDULERS},
     "RewardModelConfig": {"lr_scheduler_type": SCHEDULERS},
 }
 # Settings only the command line may set: a path on the worker is not something to type into a form.

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from training.ml.dpo import DPOConfig
 from training.ml.pairs import PairOptions
 from training.ml.ppo_config import PPOConfig
 from training.ml.reward import RewardModelConfig
@@ -85,6 +86,17 @@ RUN_KINDS: Mapping[str, RunKind] = MappingProxyType(
                     *ACCELERATE,
                 ),
                 sections={"training": PPOConfig, "round": RoundConfig},
+                outputs=("checkpoint",),
+            ),
+            RunKind(
+                kind=Kind.DPO,
+                slug="dpo",
+                title="Run DPO",
+                blurb="Improve a policy checkpoint straight from the judgments, with no reward model "
+                "and no sampling; the checkpoint it starts from is also its reference.",
+                task="training.tasks.train_dpo",
+                settings=("policy_checkpoint_id", "filters", "auto_publish"),  # one process for now
+                sections={"training": DPOConfig, "pairs": PairOptions, "round": RoundConfig},
                 outputs=("checkpoint",),
             ),
             RunKind(

@@ -75,6 +75,17 @@ def train_ppo(run_id: int) -> None:
             ppo_train(run=reporter.run, reporter=reporter)
 
 
+@shared_task(name="training.tasks.train_dpo")
+def train_dpo(run_id: int) -> None:
+    """DPO on the policy straight from the judgments; writes a draft checkpoint (queue gpu)."""
+    from training.policies import dpo_train
+    from training.runs import running
+
+    with running(run_id) as reporter:
+        if reporter is not None:
+            dpo_train(run=reporter.run, reporter=reporter)
+
+
 @shared_task(name="training.tasks.run_loop")
 def run_loop(run_id: int) -> None:
     """Snapshot → reward model → PPO → checkpoint, each step its own run (queue gpu)."""

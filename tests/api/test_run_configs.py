@@ -10,6 +10,7 @@ import dataclasses
 import typing
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from tests.api.conftest import token_client
 from training.models import TrainingRun
@@ -109,12 +110,32 @@ def test_the_dashboards_defaults_are_inside_the_bounds():
     )
 
 
+def test_a_dpo_launch_is_checked_against_its_registry_entry():
+    from training.run_kinds import LAUNCHABLE, RUN_KINDS
+
+    assert "dpo" in LAUNCHABLE and RUN_KINDS["dpo"].task == "training.tasks.train_dpo"
+    from training.ml.dpo import DPOConfig
+
+    run_config_checked("dpo", {"training": dataclasses.asdict(DPOConfig())})  # the defaults pass
+    run_config_checked("dpo", {"policy_checkpoint_id": 1, "training": {"beta": 0.2, "loss_type": "ipo"}})
+    with pytest.raises(ValidationError) as refused:
+        run_config_checked(
+            "dpo",
+            {
+                "reward_model_id": 3,
+                "training": {"beta": 0, "loss_type": "ppo", "learning_rat": 1e-5},
+            },
+        )
+    errors = refused.value.message_dict
+    assert set(errors) == {"reward_model_id", "training.beta", "training.loss_type", "training.learning_rat"}
+
+
 def test_every_registered_task_exists_and_every_kind_is_registered():
     from celery import current_app
 
     from training.models import TrainingRun
     from training.run_kinds import RUN_KINDS
 
-    assert set(RUN_KINDS) <= set(TrainingRun.Kind.values)
+    assert set(RUN_KINDS) == set(TrainingRun.Kind.values)
     for entry in RUN_KINDS.values():
         assert entry.task in current_app.tasks, entry.task

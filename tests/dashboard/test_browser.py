@@ -185,3 +185,28 @@ def test_an_admin_launches_a_run_and_watches_it_finish(
     assert versions[0] == "v2" and versions[-1] == "v0"
     page.screenshot(path=str(SCREENSHOTS / "dashboard-leaderboard.png"), full_page=True)
     assert page.errors == []
+
+
+def test_an_admin_launches_dpo_and_watches_its_margins_chart(
+    page, live_server, admin_user, project, history, worker
+):
+    log_in(page, live_server, admin_user)
+    page.goto(f"{live_server.url}/dashboard/projects/{project.pk}/launch/dpo/")
+    page.wait_for_selector("form[data-launch-form=dpo]")
+    assert page.input_value("#id_beta") == "0.1"
+    page.fill("#id_max_steps", "6")
+    page.fill("#id_learning_rate", "1e-3")
+    page.click("button[type=submit].primary")
+    page.wait_for_url("**/dashboard/runs/*/")
+    run = TrainingRun.objects.get(kind="dpo")
+
+    page.wait_for_selector("[data-testid=run-percent]:text('100%')", timeout=90_000)
+    page.wait_for_selector("#run-live[data-run-status=succeeded]", timeout=10_000)
+    checkpoint = Checkpoint.objects.get(produced_by=run)
+    assert checkpoint.status == "draft" and checkpoint.parent_id == run.config["policy_checkpoint_id"]
+    page.wait_for_selector("#charts[data-active=false]", timeout=10_000)
+    names = page.eval_on_selector_all("figure.dash-chart", "els => els.map(e => e.dataset.metric)")
+    assert {"loss", "rewards/margins", "rewards/accuracies"} <= set(names)
+    assert page.locator("#metric-rewards-margins canvas").count() == 1
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-dpo-run.png"), full_page=True)
+    assert page.errors == []

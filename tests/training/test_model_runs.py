@@ -319,3 +319,31 @@ def test_the_migration_judges_old_models_by_their_wilson_interval(project):
     )
     migration.learned_by_interval(apps, None)
     assert [RewardModel.objects.get(pk=m.pk).learned for m in (by_loss, clear, new)] == [False, True, False]
+
+
+TINY_DPO = {"learning_rate": 2e-3, "batch_size": 8, "gradient_accumulation_steps": 1, "warmup_ratio": 0.0}
+
+
+def test_a_dpo_run_turns_the_judgments_into_a_draft_checkpoint_that_prefers_what_people_chose(
+    judged_round, project
+):
+    from training.tasks import train_dpo
+
+    _, base = judged_round
+    run = _run(
+        project, "dpo", {"policy_checkpoint_id": base.pk, "training": {**TINY_DPO, "eval_fraction": 0.25}}
+    )
+    train_dpo(run.pk)
+
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    assert run.snapshot is not None and run.snapshot.pair_count == 64
+    checkpoint = Checkpoint.objects.get(produced_by=run)
+    assert checkpoint.status == "draft" and checkpoint.parent == base and checkpoint.reward_model is None
+    assert checkpoint.config == run.config["training"]
+    held_out = run.outputs["eval"]
+    assert held_out["accuracy_lower"] > 0.5, held_out
+    for name in ("rewards/margins", "rewards/accuracies", "eval/accuracy"):
+        assert Metric.objects.filter(run=run, name=name).exists(), name
+    train_dpo(run.pk)  # a second delivery does nothing twice
+    assert Checkpoint.objects.filter(produced_by=run).count() == 1

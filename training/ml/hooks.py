@@ -19,8 +19,10 @@ from dataclasses import dataclass
 class TrainingHooks:
     """What the caller (the Celery task) learns and controls while a model trains.
 
-    - ``on_metrics(step, metrics)``: every ``logging_steps`` optimizer steps, the
-      averages since the last call: ``loss, accuracy, margin`` (mean r_w - r_l),
+    - ``on_metrics(step, metrics)``: every ``logging_steps`` optimizer steps, the trainer's
+      own averages since the last call (DPO: ``rewards/chosen, rewards/rejected,
+      rewards/margins, rewards/accuracies, logps/*``; the reward model:
+      ``loss, accuracy, margin`` (mean r_w - r_l),
       ``learning_rate, grad_norm, mean_reward, min_reward, max_reward, num_tokens``,
       ``epoch``; with ``eval_steps`` the same names prefixed ``eval_``; once at the
       end of training, ``train_runtime, train_loss, ...``; after the final
