@@ -270,7 +270,7 @@ class DPOLaunchForm(ProjectForm):
     learning_rate = _learning_rate(5e-6)
     max_steps = _positive_int(
         40,
-        "Stop after this many steps (0: all epochs). 40 steps of 4 pairs take minutes on a CPU.",
+        "Stop after this many steps (0: all epochs); each step reads batch size pairs twice.",
         min_value=0,
     )
     batch_size = _positive_int(4, "Pairs per step.", max_value=1024)
