@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.ml.test_reward_training import synthetic_pairs
+from tests.ml.test_reward_training import MAGIC, WORDS, synthetic_pairs
 from training.ml.dpo import RESULTS_FILE, DPOConfig, evaluate_dpo, latest_state, to_dpo_dataset, train_dpo
 from training.ml.hooks import TrainingHooks
 
@@ -15,6 +16,18 @@ from training.ml.hooks import TrainingHooks
 TINY_DPO = DPOConfig(
     learning_rate=2e-3, batch_size=8, gradient_accumulation_steps=1, warmup_ratio=0.0, save_every=0
 )
+
+
+def content_pairs(n_prompts: int, seed: int) -> list[dict]:
+    """Pairs that differ in one word only: the chosen answer says "thanks" where the rejected says
+    another word. Same length on both sides, so DPO's summed log-probabilities cannot score a
+    length prior as a learned preference (with one word more in the chosen answer, a policy
+    trained on shuffled labels scored 0.72 [0.55, 0.84] held out)."""
+    rng = random.Random(seed)
+    return [
+        {**row, "rejected": row["chosen"].replace(MAGIC, rng.choice(WORDS), 1)}
+        for row in synthetic_pairs(n_prompts, seed)
+    ]
 
 
 def _weights(model_dir: Path) -> dict:
@@ -55,8 +68,8 @@ def test_dpo_raises_held_out_preference_accuracy_and_moves_the_policy_toward_the
             seen.setdefault(name, []).append(value)
 
     results = train_dpo(
-        synthetic_pairs(30, seed=1),
-        synthetic_pairs(16, seed=2),
+        content_pairs(30, seed=1),
+        content_pairs(16, seed=2),
         tiny_checkpoint,
         tmp_path / "policy",
         TINY_DPO,
@@ -84,7 +97,7 @@ def test_a_cancelled_dpo_run_writes_no_policy(tiny_checkpoint, tmp_path):
         on_progress=lambda step, total: steps.append(step), should_stop=lambda: len(steps) > 2
     )
     results = train_dpo(
-        synthetic_pairs(30, seed=1),
+        content_pairs(30, seed=1),
         synthetic_pairs(4, seed=2),
         tiny_checkpoint,
         tmp_path / "policy",
@@ -124,3 +137,29 @@ def test_a_dpo_run_resumes_from_its_last_saved_state(tiny_checkpoint, tmp_path):
     assert second["status"] == "completed" and second["resumed_from"] == "checkpoint-2"
     assert resumed_steps[0] == 2 and second["steps"] == second["total_steps"] == 6  # 48 pairs / 8
     shutil.rmtree(tmp_path / "policy")
+
+
+@pytest.mark.slow
+def reversed_labels(rows: list[dict]) -> list[dict]:
+    return [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} for row in rows]
+
+
+@pytest.mark.slow
+def test_dpo_follows_the_reversed_rule_so_the_direction_comes_from_the_judgments(tiny_checkpoint, tmp_path):
+    """The control for the test above: people who prefer the answer *without* "thanks" get a
+    policy that moves the other way. Were DPO drifting one way whatever the labels (a prior of
+    the model or the data), one of the two tests would fail.
+
+    Half the labels swapped (no preference) is not a clean control on this tiny model: held-out
+    accuracy came out 0.78-0.88 (seeds 0-2), a pull toward the "thanks" answers that the
+    reversed rule overrides completely (1.00 [0.89, 1.00] on every seed; issue #17's note)."""
+    results = train_dpo(
+        reversed_labels(content_pairs(30, seed=1)),
+        reversed_labels(content_pairs(16, seed=2)),
+        tiny_checkpoint,
+        tmp_path / "policy",
+        TINY_DPO,
+    )
+    held_out = results["eval"]
+    assert held_out["accuracy_lower"] > 0.5, held_out
+    assert held_out["chosen_log_ratio"] > held_out["rejected_log_ratio"]
