@@ -269,11 +269,12 @@ class DPOLaunchForm(ProjectForm):
     )
     learning_rate = _learning_rate(5e-6)
     max_steps = _positive_int(
-        40,
-        "Stop after this many steps (0: all epochs); each step reads batch size pairs twice.",
+        20,
+        "Stop after this many steps (0: all epochs). On SmolLM2 and 2 CPU cores a step of 8 pairs "
+        "takes about 18 s with 8 layers trained, after about a minute scoring the pairs with the reference.",
         min_value=0,
     )
-    batch_size = _positive_int(4, "Pairs per step.", max_value=1024)
+    batch_size = _positive_int(4, "Pairs per micro-batch; a step is two micro-batches.", max_value=1024)
     trainable_layers = _positive_int(
         8,
         "Train only the top this-many layers (0: all); fewer is faster on a CPU.",
