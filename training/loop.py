@@ -1,4 +1,4 @@
-"""The full loop as one action: snapshot → reward model → PPO → draft (or published) checkpoint.
+"""The full loop as one action: snapshot → reward model → PPO (or DPO straight from the snapshot) → checkpoint.
 
 Each step is a child run with its own progress and metrics. The loop's worker runs
 the steps one after another in-process; a step that failed is retried from its own
@@ -7,7 +7,10 @@ inputs, and retrying the loop skips the steps that already succeeded.
 The loop's config (see ``training.launch``): ``{"base_checkpoint_id", "filters",
 "pairs", "reward_model": RewardModelConfig fields, "ppo": PPOConfig fields,
 "open_next_round": bool, "round": RoundConfig fields for that next round,
-"train_policy_anyway": bool}``.
+"train_policy_anyway": bool, "algorithm": "ppo" | "dpo", "dpo": DPOConfig fields}``. With
+``"algorithm": "dpo"`` the loop is one step, DPO on the judgments from the base checkpoint:
+each published checkpoint's human round feeds the next run (iterative DPO with people as
+the judge).
 
 The loop guards the policy: when the reward model did not learn (the 95% interval of its
 held-out accuracy includes chance), the loop fails before PPO with a plain reason and what
@@ -20,7 +23,7 @@ from __future__ import annotations
 from django.utils import timezone
 
 from training.models import RewardModel, TrainingRun
-from training.policies import ppo_train
+from training.policies import dpo_train, ppo_train
 from training.reward_models import not_learned_reason, reward_model_train, run_base_checkpoint
 from training.runs import RunCancelled, RunReporter, RunStopped, running
 
@@ -83,6 +86,9 @@ def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
     config = run.config
     inherited = {key: config[key] for key in INHERITED_KEYS if key in config}
     base = run_base_checkpoint(run)
+    if config.get("algorithm") == "dpo":
+        _loop_dpo(run, reporter, base)  # one process: DPO takes no accelerate settings yet
+        return
     reporter.progress(0, 2, "Step 1 of 2: reward model", force=True)
     reward_run = _run_step(
         _child(
@@ -127,3 +133,30 @@ def loop_run(*, run: TrainingRun, reporter: RunReporter) -> None:
         "finished": timezone.now().isoformat(),
     }
     reporter.progress(2, 2, "Done", force=True)
+
+
+def _loop_dpo(run: TrainingRun, reporter: RunReporter, base) -> None:
+    """The loop's one step when its algorithm is DPO: no reward model, so no guard before it."""
+    config = run.config
+    reporter.progress(0, 1, "Step 1 of 1: DPO", force=True)
+    dpo_run = _run_step(
+        _child(
+            run,
+            TrainingRun.Kind.DPO,
+            {
+                "policy_checkpoint_id": base.pk,
+                "filters": config.get("filters", {}),
+                "pairs": config.get("pairs", {}),
+                "training": config.get("dpo", {}),
+                "auto_publish": bool(config.get("open_next_round")),
+                "round": config.get("round", {}),
+            },
+        ),
+        dpo_train,
+    )
+    run.outputs = {
+        **run.outputs,
+        "checkpoint_id": dpo_run.outputs.get("checkpoint_id"),
+        "finished": timezone.now().isoformat(),
+    }
+    reporter.progress(1, 1, "Done", force=True)

@@ -298,6 +298,7 @@ SETTING_CHECKS: dict[str, Any] = {
     "train_policy_anyway": _true_or_false,
     "auto_publish": _true_or_false,
     "open_next_round": _true_or_false,
+    "algorithm": lambda value: None if value in ("ppo", "dpo") else "Must be one of ppo, dpo.",
     "num_processes": _process_count,
     "accelerate_config": _accelerate_config,
 }

@@ -111,11 +111,13 @@ RUN_KINDS: Mapping[str, RunKind] = MappingProxyType(
                     "filters",
                     "open_next_round",
                     "train_policy_anyway",
+                    "algorithm",
                     *ACCELERATE,
                 ),
                 sections={
                     "reward_model": RewardModelConfig,
                     "ppo": PPOConfig,
+                    "dpo": DPOConfig,
                     "pairs": PairOptions,
                     "round": RoundConfig,
                 },

@@ -128,6 +128,9 @@ def test_a_dpo_launch_is_checked_against_its_registry_entry():
         )
     errors = refused.value.message_dict
     assert set(errors) == {"reward_model_id", "training.beta", "training.loss_type", "training.learning_rat"}
+    with pytest.raises(ValidationError) as refused:
+        run_config_checked("loop", {"algorithm": "grpo", "dpo": {"beta": -1}})
+    assert set(refused.value.message_dict) == {"algorithm", "dpo.beta"}
 
 
 def test_every_registered_task_exists_and_every_kind_is_registered():

@@ -100,7 +100,7 @@ def print_row(label: str, seed: int, outcome, control: str | None) -> None:
     print(
         f"| {label} | {seed} | {outcome.judgments} / {outcome.train_pairs} | "
         f"{fmt_interval(outcome.rm_accuracy, outcome.rm_lower, outcome.rm_upper)} on {outcome.heldout_pairs} | "
-        f"{outcome.ppo_kl:.2f} | {fmt_interval(win['win_rate'], win['lower'], win['upper'])} "
+        f"{'-' if outcome.ppo_kl is None else f'{outcome.ppo_kl:.2f}'} | {fmt_interval(win['win_rate'], win['lower'], win['upper'])} "
         f"({win['wins']}-{win['losses']}-{win['ties']}) | "
         f"{outcome.mean_chars['old']:.0f} -> {outcome.mean_chars['new']:.0f} | "
         f"{stages} = {outcome.total_cpu_min:.1f} | {verdict(outcome, control)} |",
@@ -115,7 +115,7 @@ def run_one(settings, label: str, seed: int, control: str | None, work_root: Pat
     with bench_lock(lock, f"{label} seed {seed}"):
         started = time.perf_counter()
         outcome = run_loop_scenario(settings, base_uri=base_checkpoint(), project_name=f"{label} seed {seed}")
-    if verbose:
+    if verbose and settings.algorithm == "ppo":
         series = outcome.ppo_series
         print(
             f"    {label} seed {seed}: {time.perf_counter() - started:.0f} s wall; PPO scores "
@@ -163,6 +163,13 @@ def main() -> None:
     parser.add_argument(
         "--rm-layers", type=int, help="reward-model trainable top layers (default: LoopSettings')"
     )
+    parser.add_argument(
+        "--algorithm",
+        choices=["ppo", "dpo"],
+        default="ppo",
+        help="ppo: reward model then PPO (the RM columns are the reward model's); dpo: DPO straight "
+        "from the judgments (the RM columns hold DPO's held-out preference accuracy, no PPO KL)",
+    )
     parser.add_argument("--lock", default="/tmp/bench.lock", help="flock held around each loop")
     parser.add_argument("--quiet", action="store_true", help="only the table")
     args = parser.parse_args()
@@ -198,6 +205,9 @@ def main() -> None:
         control.ppo = {**control.ppo, "missing_eos_penalty": 2.0}
         runs.append((f"{first}, EOS penalty 2.0", 0, control, "with-eos-penalty"))
     for label, seed, settings, control in runs:
+        settings.algorithm = args.algorithm
+        if args.algorithm != "ppo":
+            label = f"{label} ({args.algorithm})"
         if args.ppo_episodes:
             settings.ppo = {**settings.ppo, "total_episodes": args.ppo_episodes}
         if args.rm_epochs:

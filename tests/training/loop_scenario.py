@@ -189,6 +189,20 @@ class LoopSettings:
         default_factory=lambda: {"max_new_tokens": 64, "temperature": 0.5, "batch_size": 16, "device": "cpu"}
     )
     judges_round_2: int = 3
+    algorithm: str = "ppo"  # "ppo": reward model then PPO; "dpo": DPO straight from the judgments
+    dpo: dict[str, Any] = field(
+        default_factory=lambda: {
+            "learning_rate": 5e-5,
+            "beta": 0.1,
+            "num_epochs": 1,
+            "batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "trainable_layers": 8,
+            "max_length": 192,
+            "eval_fraction": 0.25,
+            "save_every": 0,
+        }
+    )
 
     def with_seed(self) -> LoopSettings:
         """The same settings with the seed written into every stage that samples."""
@@ -196,6 +210,7 @@ class LoopSettings:
         copy.round_1 = {**self.round_1, "seed": self.seed}
         copy.reward_model = {**self.reward_model, "seed": self.seed}
         copy.ppo = {**self.ppo, "seed": self.seed}
+        copy.dpo = {**self.dpo, "seed": self.seed}
         copy.round_2 = {**self.round_2, "seed": 1000 + self.seed}
         return copy
 
@@ -250,9 +265,8 @@ def run_loop_scenario(
     callbacks run (pytest-django's ``django_capture_on_commit_callbacks(execute=True)`` in a
     test; nothing in autocommit mode). Celery must be eager (``CELERY_TASK_ALWAYS_EAGER``).
     """
-    from annotation.models import Project, Prompt, Response
+    from annotation.models import Project, Prompt
     from annotation.simulation import simulate_round
-    from training.leaderboard_data import head_to_head
     from training.models import Checkpoint, Metric, RewardModel, TrainingRun
     from training.rounds import round_open
     from training.tasks import run_loop
@@ -302,6 +316,8 @@ def run_loop_scenario(
             "base_checkpoint_id": base.pk,
             "reward_model": settings.reward_model,
             "ppo": settings.ppo,
+            "dpo": settings.dpo,
+            "algorithm": settings.algorithm,
             "open_next_round": True,
             "round": settings.round_2,
             "train_policy_anyway": True,  # the control's reward model must not stop its own loop
@@ -312,11 +328,20 @@ def run_loop_scenario(
     loop.refresh_from_db()
     if loop.status != "succeeded":
         raise RuntimeError(f"the loop failed: {loop.error}")
-    reward_run = loop.children.get(kind="reward_model")
-    ppo_run = loop.children.get(kind="ppo")
     for child in loop.children.all():
         if child.started_at and child.finished_at:
             outcome.wall_s[f"loop: {child.kind}"] = (child.finished_at - child.started_at).total_seconds()
+    if settings.algorithm == "dpo":
+        policy_run = loop.children.get(kind="dpo")
+        held_out = policy_run.outputs["eval"]  # DPO's preference accuracy: the RM columns' counterpart
+        outcome.heldout_pairs = held_out["pairs"]
+        outcome.train_pairs = policy_run.snapshot.pair_count - held_out["pairs"]
+        outcome.rm_accuracy, outcome.rm_lower = held_out["accuracy"], held_out["accuracy_lower"]
+        outcome.rm_upper = held_out["accuracy_upper"]
+        outcome.rm_learned = held_out["accuracy_lower"] > 0.5
+        return _round_2(project, settings, outcome, clock, round_1, base, policy_run)
+    reward_run = loop.children.get(kind="reward_model")
+    ppo_run = loop.children.get(kind="ppo")
     reward_model = RewardModel.objects.get(run=reward_run)
     evaluation = reward_model.evaluation
     outcome.heldout_pairs = evaluation.get("pairs", 0)
@@ -329,8 +354,17 @@ def run_loop_scenario(
             Metric.objects.filter(run=ppo_run, name=name).order_by("step").values_list("value", flat=True)
         )
     outcome.ppo_kl = outcome.ppo_series["objective/kl"][-1] if outcome.ppo_series["objective/kl"] else None
+    return _round_2(project, settings, outcome, clock, round_1, base, ppo_run)
 
-    new = Checkpoint.objects.get(produced_by=ppo_run)
+
+def _round_2(project, settings, outcome, clock, round_1, base, policy_run) -> LoopOutcome:
+    """Round 2, new vs old, judged by the same rule; the win rate and what the answers look like."""
+    from annotation.models import Prompt, Response
+    from annotation.simulation import simulate_round
+    from training.leaderboard_data import head_to_head
+    from training.models import Checkpoint
+
+    new = Checkpoint.objects.get(produced_by=policy_run)
     round_2 = project.rounds.get(number=2)
     if round_2.status != "open":
         raise RuntimeError(f"round 2 did not open: {round_2.error}")

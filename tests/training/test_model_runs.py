@@ -347,3 +347,23 @@ def test_a_dpo_run_turns_the_judgments_into_a_draft_checkpoint_that_prefers_what
         assert Metric.objects.filter(run=run, name=name).exists(), name
     train_dpo(run.pk)  # a second delivery does nothing twice
     assert Checkpoint.objects.filter(produced_by=run).count() == 1
+
+
+def test_the_loop_with_dpo_trains_the_policy_straight_from_the_judgments_and_publishes_it(
+    judged_round, project, django_capture_on_commit_callbacks
+):
+    _, base = judged_round
+    loop = _run(
+        project,
+        "loop",
+        {"base_checkpoint_id": base.pk, "algorithm": "dpo", "dpo": TINY_DPO, "open_next_round": True},
+    )
+    with django_capture_on_commit_callbacks(execute=False):  # the next round's generation is not run
+        run_loop(loop.pk)
+
+    loop.refresh_from_db()
+    assert loop.status == "succeeded", loop.error
+    assert [child.kind for child in loop.children.all()] == ["dpo"]  # no reward model, no PPO
+    checkpoint = Checkpoint.objects.get(pk=loop.outputs["checkpoint_id"])
+    assert checkpoint.status == "published" and checkpoint.parent == base
+    assert project.rounds.filter(number=2).exists()  # new vs old, for people to judge
